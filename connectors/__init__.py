@@ -1,0 +1,1 @@
+"""Sources and sinks behind small protocols; nothing here knows about learning."""

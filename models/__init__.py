@@ -1,0 +1,1 @@
+"""Encoders, heads and SSL objectives. Pure modelling code: no I/O."""

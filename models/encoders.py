@@ -1,0 +1,195 @@
+"""Encoders as an ordered list of named blocks.
+
+Every encoder runs block by block so that a prefix of blocks can be frozen (run without
+autograd, BN statistics fixed) and so that per-block features can be compared between tasks.
+ResNets wrap an unmodified torchvision ``ResNet`` in ``self.net``: its state dict has
+torchvision's keys, which is what snapshots export.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from torchvision.models import resnet
+from torchvision.models.vision_transformer import VisionTransformer
+
+
+@dataclass(frozen=True)
+class EncoderSpec:
+    """What is needed to rebuild an encoder (stored in checkpoints and snapshot config.json)."""
+
+    arch: str = "resnet18"
+    image_size: int = 32
+    in_channels: int = 3
+    kwargs: dict = field(default_factory=dict)
+
+
+class Encoder(nn.Module):
+    """Base: subclasses fill ``self.block_names`` and implement ``block(name)``."""
+
+    feature_dim: int
+    block_names: list[str]
+
+    def __init__(self, spec: EncoderSpec):
+        super().__init__()
+        self.spec = spec
+        self.frozen_blocks = 0
+
+    def block(self, name: str) -> nn.Module:
+        raise NotImplementedError
+
+    def run_block(self, name: str, x: torch.Tensor) -> torch.Tensor:
+        return self.block(name)(x)
+
+    def head(self, x: torch.Tensor) -> torch.Tensor:
+        """Turns the last block's output into the feature vector."""
+        raise NotImplementedError
+
+    def freeze_prefix(self, count: int) -> None:
+        """Freezes the first ``count`` blocks: no grads, eval-mode BN, no stored activations."""
+        self.frozen_blocks = count
+        for i, name in enumerate(self.block_names):
+            for p in self.block(name).parameters():
+                p.requires_grad_(i >= count)
+        self.train(self.training)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        for name in self.block_names[: self.frozen_blocks]:
+            self.block(name).eval()
+        return self
+
+    def forward_blocks(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Every block's output (for per-block similarity); the last is the head's input."""
+        outs = []
+        for name in self.block_names:
+            x = self.run_block(name, x)
+            outs.append(x)
+        return outs
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        names = self.block_names
+        k = self.frozen_blocks
+        if k:
+            with torch.no_grad():
+                for name in names[:k]:
+                    x = self.run_block(name, x)
+        for name in names[k:]:
+            x = self.run_block(name, x)
+        return self.head(x)
+
+
+class _WidthResNet(resnet.ResNet):
+    """torchvision ResNet with a configurable base width (torchvision fixes it at 64)."""
+
+    def __init__(self, block, layers, width: int):
+        super().__init__(block, layers)
+        self.inplanes = width
+        self.conv1 = nn.Conv2d(3, width, kernel_size=7, stride=2, padding=3, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.layer1 = self._make_layer(block, width, layers[0])
+        self.layer2 = self._make_layer(block, width * 2, layers[1], stride=2)
+        self.layer3 = self._make_layer(block, width * 4, layers[2], stride=2)
+        self.layer4 = self._make_layer(block, width * 8, layers[3], stride=2)
+
+
+_RESNETS = {
+    "resnet18": (resnet.BasicBlock, [2, 2, 2, 2], 64),
+    "resnet50": (resnet.Bottleneck, [3, 4, 6, 3], 64),
+    # Small option for tests and --quick benchmarks on CPU (not for real runs).
+    "resnet_tiny": (resnet.BasicBlock, [1, 1, 1, 1], 16),
+}
+
+
+def build_torchvision_resnet(arch: str, image_size: int, in_channels: int = 3) -> resnet.ResNet:
+    """The plain torchvision module (also what the pull client returns), without the fc."""
+    block, layers, width = _RESNETS[arch]
+    net = resnet.ResNet(block, layers) if width == 64 else _WidthResNet(block, layers, width)
+    if image_size <= 64 or in_channels != 3:
+        # Small-image stem: a 3x3 stride-1 conv and no max-pool keep 32 px inputs informative.
+        stride, kernel = (1, 3) if image_size <= 64 else (2, 7)
+        net.conv1 = nn.Conv2d(in_channels, net.conv1.out_channels, kernel, stride, kernel // 2, bias=False)
+        if image_size <= 64:
+            net.maxpool = nn.Identity()
+    net.fc = nn.Identity()
+    return net
+
+
+class ResNetEncoder(Encoder):
+    def __init__(self, spec: EncoderSpec):
+        super().__init__(spec)
+        self.net = build_torchvision_resnet(spec.arch, spec.image_size, spec.in_channels)
+        last = self.net.layer4[-1]
+        self.feature_dim = (last.bn3 if hasattr(last, "bn3") else last.bn2).num_features
+        self.block_names = ["stem", "layer1", "layer2", "layer3", "layer4"]
+
+    def block(self, name: str) -> nn.Module:
+        if name == "stem":  # a view; building it registers nothing new in the state dict
+            n = self.net
+            return nn.Sequential(n.conv1, n.bn1, n.relu, n.maxpool)
+        return getattr(self.net, name)
+
+    def head(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.flatten(self.net.avgpool(x), 1)
+
+    def export_state_dict(self) -> dict[str, torch.Tensor]:
+        """torchvision keys (conv1.weight, layer1.0.bn1.running_mean, ...)."""
+        return self.net.state_dict()
+
+
+class ViTEncoder(Encoder):
+    """A small torchvision ViT (patch 4 at 32 px); blocks: patch embedding, each layer."""
+
+    def __init__(self, spec: EncoderSpec):
+        super().__init__(spec)
+        kw = {"patch_size": 4, "num_layers": 6, "num_heads": 3, "hidden_dim": 192, "mlp_dim": 768}
+        kw.update(spec.kwargs)
+        self.net = VisionTransformer(image_size=spec.image_size, **kw)
+        if spec.in_channels != 3:
+            p = kw["patch_size"]
+            self.net.conv_proj = nn.Conv2d(spec.in_channels, kw["hidden_dim"], p, p)
+        self.net.heads = nn.Identity()
+        self.feature_dim = kw["hidden_dim"]
+        self.block_names = ["embed"] + [f"layer{i}" for i in range(kw["num_layers"])]
+
+    def block(self, name: str) -> nn.Module:
+        if name == "embed":
+            return _ViTEmbed(self.net)
+        return self.net.encoder.layers[int(name[5:])]
+
+    def head(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net.encoder.ln(x)[:, 0]
+
+    def export_state_dict(self) -> dict[str, torch.Tensor]:
+        return self.net.state_dict()
+
+
+class _ViTEmbed(nn.Module):
+    """Patchify, prepend the class token, add position embeddings (torchvision's own steps)."""
+
+    def __init__(self, net: VisionTransformer):
+        super().__init__()
+        self.__dict__["net"] = net  # not registered: the parameters belong to the encoder
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        net = self.net
+        x = net._process_input(x)
+        cls = net.class_token.expand(x.shape[0], -1, -1)
+        x = torch.cat([cls, x], dim=1) + net.encoder.pos_embedding
+        return net.encoder.dropout(x)
+
+    def parameters(self, recurse: bool = True):
+        yield self.net.conv_proj.weight
+        yield self.net.conv_proj.bias
+        yield self.net.class_token
+        yield self.net.encoder.pos_embedding
+
+
+ENCODERS = {"resnet18": ResNetEncoder, "resnet50": ResNetEncoder, "resnet_tiny": ResNetEncoder, "vit_small": ViTEncoder}
+
+
+def build_encoder(spec: EncoderSpec) -> Encoder:
+    if spec.arch not in ENCODERS:
+        raise ValueError(f"unknown encoder arch {spec.arch!r}; choose one of {sorted(ENCODERS)}")
+    return ENCODERS[spec.arch](spec)

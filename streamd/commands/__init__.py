@@ -1,0 +1,1 @@
+"""Sub-commands of the ``streamd`` CLI (one module each, discovered by streamd.cli)."""

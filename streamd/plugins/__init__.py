@@ -1,0 +1,5 @@
+"""Continual-learning plugins; importing a module registers its strategy name."""
+from streamd.plugins.base import PLUGINS, Plugin, build_plugins, register
+from streamd.plugins import replay, lump  # noqa: F401,E402  (registration)
+
+__all__ = ["PLUGINS", "Plugin", "build_plugins", "register"]

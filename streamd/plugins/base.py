@@ -1,0 +1,68 @@
+"""The plugin interface: each continual-learning mechanism is one small class with a few hooks.
+
+Hooks run in the order the strategy names the plugins ("replay+lump" = replay first).
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Callable
+
+import torch
+from torch import nn
+
+if TYPE_CHECKING:
+    from models.objectives import ObjectiveOutput
+    from streamd.learner import Batch, Learner
+
+
+class Plugin:
+    name: str = "plugin"
+
+    def setup(self, learner: "Learner") -> None:
+        """Once, before the optimizer is built: create modules here so their params are optimized."""
+
+    def trainable_modules(self) -> list[nn.Module]:
+        return []
+
+    def on_task_start(self, learner: "Learner", task: int) -> None: ...
+
+    def on_task_end(self, learner: "Learner", task: int) -> None: ...
+
+    def before_step(self, learner: "Learner", batch: "Batch") -> "Batch":
+        """Add replayed rows or mix views; ``batch.views`` already holds the augmented views."""
+        return batch
+
+    def extra_loss(self, learner: "Learner", batch: "Batch", out: "ObjectiveOutput") -> dict[str, torch.Tensor]:
+        """Named loss terms added to the SSL loss (distillation, regularization, ...)."""
+        return {}
+
+    def after_step(self, learner: "Learner", batch: "Batch", out: "ObjectiveOutput") -> None: ...
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None: ...
+
+    def metrics(self) -> dict[str, float]:
+        """Gauges worth exporting (buffer size, frozen blocks, ...)."""
+        return {}
+
+
+PLUGINS: dict[str, Callable[..., Plugin]] = {}
+
+
+def register(name: str):
+    def deco(cls):
+        cls.name = name
+        PLUGINS[name] = cls
+        return cls
+    return deco
+
+
+def build_plugins(strategy: str, options: dict[str, dict] | None = None) -> list[Plugin]:
+    """"finetune" -> []; "cassle+replay" -> [CaSSLe(), Replay()]; options[name] are kwargs."""
+    options = options or {}
+    names = [n for n in strategy.split("+") if n and n != "finetune"]
+    unknown = [n for n in names if n not in PLUGINS]
+    if unknown:
+        raise ValueError(f"unknown strategy part(s) {unknown}; choose from finetune, {', '.join(sorted(PLUGINS))}")
+    return [PLUGINS[n](**options.get(n, {})) for n in names]
