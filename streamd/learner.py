@@ -67,6 +67,7 @@ class Learner:
         self.step_count = 0
         self.task = -1
         self.nonfinite_steps = 0
+        self._task_ended = False
         for p in plugins:
             p.setup(self)
         self.optimizer = build_optimizer(self.trainable_parameters(), self.optim_cfg)
@@ -106,7 +107,7 @@ class Learner:
             p.on_task_start(self, task)
 
     def end_task(self) -> None:
-        if self.task >= 0 and not getattr(self, "_task_ended", False):
+        if self.task >= 0 and not self._task_ended:
             for p in self.plugins:
                 p.on_task_end(self, self.task)
         self._task_ended = True
@@ -185,7 +186,7 @@ class Learner:
             "rng": rng,
             "counters": {"step": self.step_count, "task": self.task, "nonfinite": self.nonfinite_steps,
                          "frozen_blocks": self.encoder.frozen_blocks,
-                         "task_ended": bool(getattr(self, "_task_ended", False))},
+                         "task_ended": self._task_ended},
         }
 
     def load_state_dict(self, state: dict) -> None:
