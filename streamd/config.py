@@ -1,0 +1,245 @@
+"""The daemon's configuration: one validated tree from defaults < TOML file (--config) < environment.
+
+Environment variables use the prefix ``STREAMD_`` and ``__`` between levels, e.g.
+``STREAMD_SOURCE__KIND=kafka`` or ``STREAMD_API__TOKEN=...``. The defaults are the embedded demo
+(a folder inbox under ./var, local checkpoints and snapshots, the API on localhost). Unknown keys
+and bad values fail at start with the field's dotted name and the allowed values, because a typo
+in a long-running daemon's config should never be silently ignored.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
+
+from streamd.optim import OptimConfig
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DirectorySourceConfig(_Section):
+    path: Path = Path("./var/inbox")
+    task_from_subfolder: bool = True
+    settle_seconds: float = Field(1.0, ge=0)
+
+
+class KafkaSourceConfig(_Section):
+    bootstrap_servers: str = "127.0.0.1:9092"
+    topic: str = "streamd-images"
+    group_id: str = "streamd"
+    max_poll_records: int = Field(256, ge=1)
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    client_options: dict[str, Any] = Field(default_factory=dict,
+                                           description="passed to KafkaConsumer (fetch sizes, timeouts, SSL files)")
+
+    def consumer_options(self) -> dict[str, Any]:
+        """kafka-python keyword arguments: the security settings plus the free-form options."""
+        opts: dict[str, Any] = {"security_protocol": self.security_protocol}
+        if self.sasl_mechanism:
+            opts.update(sasl_mechanism=self.sasl_mechanism, sasl_plain_username=self.sasl_username,
+                        sasl_plain_password=self.sasl_password.get_secret_value() if self.sasl_password else None)
+        return {**opts, **self.client_options}
+
+
+class ParquetSourceConfig(_Section):
+    path: Path = Path("./var/images.parquet")
+    image_column: str = "image"
+    label_column: str = "label"
+    task_column: str = "task"
+    batch_rows: int = Field(256, ge=1)
+
+
+class SourceConfig(_Section):
+    kind: Literal["directory", "kafka", "parquet"] = "directory"
+    directory: DirectorySourceConfig = DirectorySourceConfig()
+    kafka: KafkaSourceConfig = KafkaSourceConfig()
+    parquet: ParquetSourceConfig = ParquetSourceConfig()
+
+
+class DeadLetterConfig(_Section):
+    kind: Literal["folder", "kafka", "none"] = "folder"
+    path: Path = Path("./var/dead-letter")
+    topic: str = "streamd-dead-letter"   # kafka: same brokers and security as the source
+
+
+class ModelConfig(_Section):
+    arch: str = "resnet18"
+    image_size: int = Field(32, ge=8, le=1024)
+    objective: str = "simsiam"
+    objective_kwargs: dict[str, Any] = Field(default_factory=dict)
+    augment_kwargs: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("arch")
+    @classmethod
+    def _known_arch(cls, v: str) -> str:
+        from models.encoders import ENCODERS
+        allowed = sorted(ENCODERS)
+        if v not in allowed:
+            raise ValueError(f"unknown arch {v!r}; allowed: {', '.join(allowed)}")
+        return v
+
+    @field_validator("objective")
+    @classmethod
+    def _known_objective(cls, v: str) -> str:
+        from models.objectives import OBJECTIVES
+        if v not in OBJECTIVES:
+            raise ValueError(f"unknown objective {v!r}; allowed: {', '.join(sorted(OBJECTIVES))}")
+        return v
+
+
+class StrategyConfig(_Section):
+    name: str = "lump"
+    plugin_options: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+    @field_validator("name")
+    @classmethod
+    def _known_plugins(cls, v: str) -> str:
+        from streamd.plugins import PLUGINS
+        unknown = [p for p in v.split("+") if p and p != "finetune" and p not in PLUGINS]
+        if unknown:
+            raise ValueError(f"unknown strategy part(s) {unknown}; allowed: finetune, {', '.join(sorted(PLUGINS))} "
+                             "(joined with '+')")
+        return v
+
+
+class LearnerConfig(_Section):
+    device: str = "auto"
+    amp: Literal["auto", "bf16", "off"] = "auto"
+    compile: bool = False
+    batch_size: int = Field(64, ge=2)
+    max_wait_seconds: float = Field(2.0, gt=0, description="a partial batch is trained after this wait")
+
+
+class BoundaryConfig(_Section):
+    mode: Literal["header", "drift", "both"] = "both"
+    window: int = Field(64, ge=8, description="newest embeddings compared with the reference")
+    reference_size: int = Field(256, ge=16, description="reservoir of the current segment")
+    min_segment_batches: int = Field(8, ge=1)
+    cooldown_batches: int = Field(8, ge=0)
+    calibration_batches: int = Field(4, ge=2, description="batches that fix the statistic's null mean/scale")
+    ph_delta: float = Field(0.5, ge=0, description="Page-Hinkley tolerance, in standard deviations")
+    ph_threshold: float = Field(8.0, gt=0, description="Page-Hinkley alarm level, in standard deviations")
+
+
+class CheckpointConfig(_Section):
+    dir: Path = Path("./var/checkpoints")
+    every_steps: int = Field(100, ge=0)
+    every_seconds: float = Field(60.0, ge=0)
+    keep: int = Field(2, ge=1)
+
+
+class SnapshotConfig(_Section):
+    dir: Path = Path("./var/snapshots")
+    every_steps: int = Field(0, ge=0)
+    every_seconds: float = Field(300.0, ge=0)
+    keep_last: int = Field(5, ge=1)
+
+
+class ProbeConfig(_Section):
+    per_task: int = Field(64, ge=0)
+    every_steps: int = Field(200, ge=1)
+
+
+class ApiConfig(_Section):
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = Field(9400, ge=0, le=65535)
+    token: SecretStr | None = None
+
+
+class LoggingConfig(_Section):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    progress_seconds: float = Field(5.0, gt=0)
+
+
+class StreamdConfig(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="STREAMD_", env_nested_delimiter="__", extra="forbid")
+
+    source: SourceConfig = SourceConfig()
+    dead_letter: DeadLetterConfig = DeadLetterConfig()
+    model: ModelConfig = ModelConfig()
+    strategy: StrategyConfig = StrategyConfig()
+    optim: OptimConfig = OptimConfig()
+    learner: LearnerConfig = LearnerConfig()
+    boundary: BoundaryConfig = BoundaryConfig()
+    checkpoint: CheckpointConfig = CheckpointConfig()
+    snapshots: SnapshotConfig = SnapshotConfig()
+    probe: ProbeConfig = ProbeConfig()
+    api: ApiConfig = ApiConfig()
+    logging: LoggingConfig = LoggingConfig()
+    audit_log: Path | None = Field(None, description="append one line per consumed record position (tests, audits)")
+
+    toml_file: ClassVar[Path | None] = None  # load_config binds it on a subclass
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings,
+                                   file_secret_settings) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources = [init_settings, env_settings]
+        if cls.toml_file is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=cls.toml_file))
+        return tuple(sources)
+
+
+class ConfigError(ValueError):
+    """A readable one-error-per-line message: ``field.path: what is wrong``."""
+
+
+def load_config(path: str | Path | None = None, **overrides) -> StreamdConfig:
+    """Defaults < the TOML file at ``path`` < STREAMD_* environment < ``overrides``."""
+    if path is not None and not Path(path).is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    bound = type("StreamdConfig", (StreamdConfig,), {"toml_file": Path(path) if path else None})
+    try:
+        return bound(**overrides)
+    except ValidationError as e:
+        raise ConfigError(format_errors(e)) from None
+
+
+def format_errors(error: ValidationError) -> str:
+    lines = []
+    for err in error.errors():
+        field = ".".join(str(p) for p in err["loc"]) or "(root)"
+        got = "" if err["type"] == "missing" else f" (got {err.get('input')!r})"
+        lines.append(f"invalid setting {field}: {err['msg']}{got}")
+    return "\n".join(lines)
+
+
+def masked_dict(cfg: StreamdConfig) -> dict:
+    """The effective configuration as plain JSON values, secrets shown as '**********'."""
+    return json.loads(cfg.model_dump_json())
+
+
+def to_toml(cfg: BaseModel, prefix: str = "") -> str:
+    """The effective configuration as TOML (secrets masked): sections become tables, the rest inline."""
+    plain = json.loads(cfg.model_dump_json())
+    lines, tables = [], []
+    for name in type(cfg).model_fields:
+        value = getattr(cfg, name)
+        if isinstance(value, BaseModel):
+            tables.append(to_toml(value, f"{prefix}.{name}" if prefix else name))
+        elif plain[name] is not None:
+            lines.append(f"{name} = {_toml_value(plain[name])}")
+    head = ([f"[{prefix}]"] if prefix and lines else []) + lines
+    return "\n\n".join(part for part in ["\n".join(head), *tables] if part)
+
+
+def _toml_value(v) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, str):
+        return json.dumps(v)
+    if isinstance(v, list):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    if isinstance(v, dict):
+        return "{" + ", ".join(f"{json.dumps(k)} = {_toml_value(x)}" for k, x in v.items() if x is not None) + "}"
+    raise TypeError(f"cannot write {type(v).__name__} as TOML")
