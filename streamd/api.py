@@ -1,0 +1,127 @@
+"""The daemon's HTTP API (FastAPI served by uvicorn in a background thread).
+
+/metrics and /healthz are always open (scrapers and liveness probes carry no secrets); with a token
+set, every other path, the OpenAPI description included, needs ``Authorization: Bearer <token>``.
+Request paths reach the filesystem only after validation: the version must be ``vNNNNNN`` or
+``latest`` and name an existing snapshot, and a file name must be one the manifest lists.
+"""
+from __future__ import annotations
+
+import hmac
+import socket
+import threading
+from pathlib import Path
+from typing import Callable
+
+import uvicorn
+from fastapi import FastAPI, HTTPException, Path as PathParam, Request, Response
+from fastapi.responses import FileResponse, JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from streamd.metrics import Metrics
+from streamd.snapshots import MANIFEST, list_versions, read_manifest, resolve_version, sha256_file
+
+OPEN_PATHS = {"/metrics", "/healthz"}
+VERSION_PARAM = PathParam(pattern=r"^(v\d{6}|latest)$", description="vNNNNNN or latest")
+
+
+def build_app(snapshot_root: Path, metrics: Metrics, ready: Callable[[], bool], token: str | None = None) -> FastAPI:
+    app = FastAPI(title="streamd", description="Continual SSL daemon: versioned encoder snapshots and metrics.",
+                  version="1")
+
+    if token:
+        expected = f"Bearer {token}".encode()
+
+        @app.middleware("http")
+        async def require_token(request: Request, call_next):
+            given = request.headers.get("authorization", "").encode()
+            if request.url.path not in OPEN_PATHS and not hmac.compare_digest(given, expected):
+                return JSONResponse({"detail": "missing or wrong bearer token"}, status_code=401,
+                                    headers={"WWW-Authenticate": "Bearer"})
+            return await call_next(request)
+
+    def snapshot_folder(version: str) -> Path:
+        name = resolve_version(snapshot_root, version)
+        if name is None:
+            raise HTTPException(404, f"no snapshot {version}")
+        return snapshot_root / name
+
+    @app.get("/metrics", summary="Prometheus exposition")
+    def metrics_endpoint() -> Response:
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/healthz", summary="Liveness: the process serves requests")
+    def healthz() -> dict:
+        return {"status": "ok"}
+
+    @app.get("/readyz", summary="Readiness: model loaded and sources connected")
+    def readyz() -> JSONResponse:
+        ok = bool(ready())
+        return JSONResponse({"ready": ok}, status_code=200 if ok else 503)
+
+    @app.get("/v1/snapshots", summary="All published snapshots, oldest first")
+    def snapshots() -> dict:
+        items = []
+        for name in list_versions(snapshot_root):
+            try:
+                m = read_manifest(snapshot_root / name)
+            except (OSError, ValueError):  # pruned while listing
+                continue
+            items.append({k: m.get(k) for k in ("version", "name", "created_at", "reason", "task", "segment", "step")})
+        return {"latest": resolve_version(snapshot_root, "latest"), "snapshots": items}
+
+    @app.get("/v1/snapshots/{version}", summary="The manifest of one snapshot")
+    def manifest(version: str = VERSION_PARAM) -> dict:
+        return read_manifest(snapshot_folder(version))
+
+    @app.get("/v1/snapshots/{version}/files/{name}",
+             summary="Download a snapshot file (ETag = sha256; If-None-Match and Range supported)")
+    def file(request: Request, version: str = VERSION_PARAM, name: str = PathParam()) -> Response:
+        folder = snapshot_folder(version)
+        files = read_manifest(folder)["files"]
+        if name == MANIFEST:
+            digest = sha256_file(folder / MANIFEST)
+        elif name in files:
+            digest = files[name]
+        else:
+            raise HTTPException(404, f"{folder.name} has no file {name!r}")
+        etag = f'"{digest}"'
+        if etag in [t.strip() for t in request.headers.get("if-none-match", "").split(",")]:
+            return Response(status_code=304, headers={"ETag": etag})
+        return FileResponse(folder / name, headers={"ETag": etag}, filename=name)
+
+    return app
+
+
+class ApiServer:
+    """Serves the app from a background thread so the training loop keeps the main thread."""
+
+    def __init__(self, host: str, port: int, snapshot_root: Path, metrics: Metrics,
+                 ready: Callable[[], bool], token: str | None = None):
+        self.host = host
+        self.port = port
+        self.app = build_app(Path(snapshot_root), metrics, ready, token)
+        self._server: uvicorn.Server | None = None
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((self.host, self.port))  # bound here so that port 0 resolves before start() returns
+        self.port = sock.getsockname()[1]
+        config = uvicorn.Config(self.app, log_level="warning", access_log=False, lifespan="off")
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [sock]},
+                                        name="streamd-api", daemon=True)
+        self._thread.start()
+        while not self._server.started and self._thread.is_alive():
+            threading.Event().wait(0.01)
+        if not self._server.started:
+            raise RuntimeError(f"HTTP API failed to start on {self.host}:{self.port}")
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.should_exit = True
+            self._thread.join(timeout=10)
+            self._server = None

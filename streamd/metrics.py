@@ -1,0 +1,91 @@
+"""The daemon's Prometheus metrics, one object per process (tests make many: each owns a registry).
+
+Names follow Prometheus conventions: ``streamd_`` prefix, base units (``_seconds``), ``_total`` on
+counters (added by prometheus-client), ``_ratio`` for values in 0..1, and only bounded labels
+(dead-letter reason words, boundary kind, task ids of the probe sets, which the prober bounds).
+"""
+from __future__ import annotations
+
+import sys
+
+import torch
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+
+import streamd
+
+# Gauges a plugin may feed through ``Plugin.metrics()`` (same key as the attribute name).
+PLUGIN_GAUGES = ("replay_buffer_size", "frozen_blocks", "backward_flops_saved_ratio")
+STEP_SECONDS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry | None = None):
+        self.registry = registry if registry is not None else CollectorRegistry()
+
+        def counter(name, doc, labels=()):
+            return Counter(f"streamd_{name}", doc, labels, registry=self.registry)
+
+        def gauge(name, doc, labels=()):
+            return Gauge(f"streamd_{name}", doc, labels, registry=self.registry)
+
+        # Ingest
+        self.records_consumed = counter("records_consumed", "Records read from the source.")
+        self.records_decoded = counter("records_decoded", "Records decoded into images.")
+        self.records_dead_lettered = counter("records_dead_lettered", "Records sent to the dead-letter sink.",
+                                             ["reason"])
+        self.last_record_timestamp = gauge("last_record_timestamp_seconds",
+                                           "Unix time the last record was consumed (ingest-stalled alert).")
+        self.consumer_lag = gauge("consumer_lag_records", "Records behind the source head, summed over partitions.")
+        self.images_per_second = gauge("images_per_second", "Training throughput over the last interval.")
+        # Training
+        self.training_steps = counter("training_steps", "Optimizer steps taken.")
+        self.step_duration = Histogram("streamd_step_duration_seconds", "Wall time of one training step.",
+                                       buckets=STEP_SECONDS_BUCKETS, registry=self.registry)
+        self.loss = gauge("loss", "Total loss of the last training step.")
+        self.nonfinite_steps = counter("nonfinite_steps", "Steps skipped because the loss was not finite.")
+        # Tasks and drift
+        self.current_task = gauge("current_task", "Id of the task being learned.")
+        self.task_boundaries = counter("task_boundaries", "Task boundaries detected.", ["kind"])
+        for kind in ("header", "drift"):  # series exist from the start, so rate() sees the first one
+            self.task_boundaries.labels(kind)
+        self.drift_statistic = gauge("drift_statistic", "Current value of the drift detector's statistic.")
+        # Continual-learning plugins
+        self.replay_buffer_size = gauge("replay_buffer_size", "Images held in the replay buffer.")
+        self.frozen_blocks = gauge("frozen_blocks", "Encoder blocks frozen (counted from the input).")
+        self.backward_flops_saved_ratio = gauge("backward_flops_saved_ratio",
+                                                "Fraction of backward FLOPs saved by frozen blocks.")
+        # Durability and publishing
+        self.snapshot_version = gauge("snapshot_version", "Version number of the latest published snapshot.")
+        self.snapshot_last_publish_timestamp = gauge("snapshot_last_publish_timestamp_seconds",
+                                                     "Unix time of the latest snapshot publish.")
+        self.snapshot_failures = counter("snapshot_failures", "Snapshot publishes that failed.")
+        self.checkpoint_last_timestamp = gauge("checkpoint_last_timestamp_seconds",
+                                               "Unix time of the last durable checkpoint.")
+        self.checkpoint_failures = counter("checkpoint_failures", "Checkpoint writes that failed.")
+        # Probes
+        self.probe_accuracy = gauge("probe_accuracy_ratio", "kNN accuracy on a task's held-out probe set.", ["task"])
+        self.probe_forgetting = gauge("probe_forgetting_ratio", "Best earlier probe accuracy minus the current one.",
+                                      ["task"])
+        self.forgetting_mean = gauge("forgetting_mean_ratio", "Probe forgetting averaged over earlier tasks.")
+        self.representation_drift = gauge("representation_drift_ratio",
+                                          "1 - linear CKA between current and task-end features of a task's probe set.",
+                                          ["task"])
+        self.build_info = Info("streamd_build", "Versions of streamd and its runtime.", registry=self.registry)
+        self.build_info.info({"version": streamd.__version__, "torch": torch.__version__,
+                              "python": sys.version.split()[0]})
+
+    def observe_plugins(self, learner) -> None:
+        """Copies each plugin's ``metrics()`` into the gauge of the same name (other names are ignored)."""
+        self.frozen_blocks.set(learner.encoder.frozen_blocks)
+        for plugin in learner.plugins:
+            for name, value in plugin.metrics().items():
+                if name in PLUGIN_GAUGES:
+                    getattr(self, name).set(value)
+
+    def forget_task_labels(self, task: int) -> None:
+        """Drops the per-task series of a task the prober no longer tracks (keeps labels bounded)."""
+        for family in (self.probe_accuracy, self.probe_forgetting, self.representation_drift):
+            try:
+                family.remove(str(task))
+            except KeyError:
+                pass

@@ -1,0 +1,183 @@
+"""Immutable, versioned encoder snapshots: what downstream teams pull and fine-tune.
+
+Layout under the snapshot root::
+
+    v000042/model.safetensors   encoder weights only, torchvision keys (no pickle)
+    v000042/config.json         architecture, kwargs and preprocessing (size, mean, std)
+    v000042/manifest.json       version, time, sha256 of the other files, lineage, probe metrics
+    latest                      one line naming the newest version; replaced atomically, moved last
+
+A version is written into a temp folder, fsynced and renamed, so a reader sees a whole snapshot or
+none; a failed publish (full disk, ...) leaves every earlier snapshot and ``latest`` as they were.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import platform
+import re
+import shutil
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import safetensors
+import safetensors.torch
+import torch
+import torchvision
+
+import streamd
+from streamd.augment import MEAN, STD
+from streamd.checkpoint import _fsync_dir, _write_synced
+from streamd.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+MODEL, CONFIG, MANIFEST, LATEST = "model.safetensors", "config.json", "manifest.json", "latest"
+VERSION_RE = re.compile(r"^v\d{6}$")
+TMP_PREFIX = ".tmp-snapshot-"
+
+
+# Reading (shared by the HTTP API and the pull client) ----------------------------------------------
+def version_name(number: int) -> str:
+    return f"v{number:06d}"
+
+
+def list_versions(root: Path) -> list[str]:
+    """Complete snapshot folders, oldest first (temp folders never match the pattern)."""
+    if not root.is_dir():
+        return []
+    return sorted(p.name for p in root.iterdir() if VERSION_RE.match(p.name) and (p / MANIFEST).is_file())
+
+
+def resolve_version(root: Path, version: str) -> str | None:
+    """``latest`` or ``vNNNNNN`` -> the name of an existing snapshot folder, or None. Anything else is
+    rejected here, so no request string is ever joined into a path unchecked."""
+    if version == LATEST:
+        try:
+            version = (root / LATEST).read_text().strip()
+        except FileNotFoundError:
+            return None
+    if not VERSION_RE.match(version) or not (root / version / MANIFEST).is_file():
+        return None
+    return version
+
+
+def read_manifest(folder: Path) -> dict:
+    return json.loads((folder / MANIFEST).read_text())
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+# Writing -------------------------------------------------------------------------------------------
+def encoder_config(encoder) -> dict:
+    """config.json: enough to rebuild the plain torchvision module and feed it correctly."""
+    spec = encoder.spec
+    return {
+        "arch": spec.arch, "image_size": spec.image_size, "in_channels": spec.in_channels, "kwargs": dict(spec.kwargs),
+        "feature_dim": encoder.feature_dim, "format": "torchvision",
+        "preprocessing": {"image_size": spec.image_size, "scale": "uint8 / 255", "mean": list(MEAN), "std": list(STD)},
+    }
+
+
+def library_versions() -> dict:
+    return {"streamd": streamd.__version__, "torch": torch.__version__, "torchvision": torchvision.__version__,
+            "safetensors": safetensors.__version__, "python": platform.python_version()}
+
+
+class SnapshotPublisher:
+    def __init__(self, root: Path, keep_last: int = 5, metrics: Metrics | None = None):
+        self.root = Path(root)
+        self.keep_last = max(1, keep_last)
+        self.metrics = metrics
+        self.root.mkdir(parents=True, exist_ok=True)
+        latest = resolve_version(self.root, LATEST)
+        if latest and metrics is not None:  # a restarted daemon reports what is already published
+            manifest = read_manifest(self.root / latest)
+            metrics.snapshot_version.set(manifest["version"])
+            metrics.snapshot_last_publish_timestamp.set(manifest["created_at_unix"])
+
+    def latest_version(self) -> int | None:
+        name = resolve_version(self.root, LATEST)
+        return int(name[1:]) if name else None
+
+    def publish(self, learner, *, reason: str, task: int, segment: int, positions: dict,
+                probe: dict | None = None) -> dict | None:
+        """Writes the next version and returns its manifest; on OSError logs, counts and returns None."""
+        started = time.perf_counter()
+        tmp = None
+        try:
+            versions = list_versions(self.root)
+            number = int(versions[-1][1:]) + 1 if versions else 1
+            tmp = Path(tempfile.mkdtemp(prefix=TMP_PREFIX, dir=self.root))
+            manifest = self._write(tmp, learner, number, versions, reason=reason, task=task, segment=segment,
+                                   positions=positions, probe=probe)
+            os.rename(tmp, self.root / version_name(number))
+            tmp = None
+            _fsync_dir(self.root)
+            latest_tmp = self.root / f".{LATEST}.tmp"
+            _write_synced(latest_tmp, lambda f: f.write(version_name(number).encode()))
+            os.replace(latest_tmp, self.root / LATEST)
+            _fsync_dir(self.root)
+        except OSError:
+            log.exception("snapshot publish failed (reason=%s, task=%d); earlier snapshots are intact", reason, task)
+            if self.metrics is not None:
+                self.metrics.snapshot_failures.inc()
+            return None
+        finally:
+            if tmp is not None:
+                shutil.rmtree(tmp, ignore_errors=True)
+        self._prune()
+        if self.metrics is not None:
+            self.metrics.snapshot_version.set(number)
+            self.metrics.snapshot_last_publish_timestamp.set(manifest["created_at_unix"])
+        log.info("published snapshot %s (reason=%s, task=%d) in %.3f s", version_name(number), reason, task,
+                 time.perf_counter() - started)
+        return manifest
+
+    def _write(self, folder: Path, learner, number: int, versions: list[str], **fields) -> dict:
+        encoder = learner.encoder
+        tensors = {k: v.detach().to("cpu").contiguous() for k, v in encoder.export_state_dict().items()}
+        blobs = {MODEL: safetensors.torch.save(tensors, metadata={"format": "pt"}),
+                 CONFIG: json.dumps(encoder_config(encoder), indent=2).encode()}
+        for name, blob in blobs.items():
+            _write_synced(folder / name, lambda f, blob=blob: f.write(blob))
+        now = datetime.now(timezone.utc)
+        k = encoder.frozen_blocks
+        manifest = {
+            "version": number, "name": version_name(number),
+            "created_at": now.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            "created_at_unix": now.timestamp(),
+            "files": {name: hashlib.sha256(blob).hexdigest() for name, blob in blobs.items()},
+            "parent": versions[-1] if versions else None,
+            "reason": fields["reason"], "task": fields["task"], "segment": fields["segment"],
+            "step": learner.step_count,
+            "frozen_blocks": {"count": k, "names": encoder.block_names[:k]},
+            "positions": fields["positions"], "probe": fields["probe"], "libraries": library_versions(),
+        }
+        text = json.dumps(manifest, indent=2, default=str).encode()
+        _write_synced(folder / MANIFEST, lambda f: f.write(text))
+        _fsync_dir(folder)
+        return manifest
+
+    def _prune(self) -> None:
+        """Keeps the newest ``keep_last`` versions and every task-end snapshot; clears stale temp folders."""
+        versions = list_versions(self.root)
+        for name in versions[: -self.keep_last]:
+            try:
+                if read_manifest(self.root / name).get("reason") == "task_end":
+                    continue
+            except (OSError, ValueError):
+                pass
+            shutil.rmtree(self.root / name, ignore_errors=True)
+        for tmp in self.root.glob(TMP_PREFIX + "*"):
+            shutil.rmtree(tmp, ignore_errors=True)

@@ -1,0 +1,112 @@
+import errno
+import json
+import os
+from datetime import datetime
+
+import pytest
+import safetensors.torch
+
+import streamd.snapshots as snapshots
+from publishing_fixtures import tiny_learner
+from streamd.augment import MEAN, STD
+from streamd.client import verify
+from streamd.metrics import Metrics
+from streamd.snapshots import SnapshotPublisher, read_manifest, sha256_file
+
+
+def publish(pub, learner, reason="steps", task=0):
+    return pub.publish(learner, reason=reason, task=task, segment=task, positions={"kafka": {"0": [10, 20]}},
+                       probe={"accuracy": {0: 0.5}})
+
+
+@pytest.fixture(scope="module")
+def learner():
+    return tiny_learner()
+
+
+def test_snapshot_folder_holds_encoder_config_and_manifest(tmp_path, learner):
+    metrics = Metrics()
+    pub = SnapshotPublisher(tmp_path, metrics=metrics)
+    learner.encoder.freeze_prefix(2)
+    try:
+        first = publish(pub, learner)
+        second = publish(pub, learner, reason="task_end", task=1)
+    finally:
+        learner.encoder.freeze_prefix(0)
+    folder = tmp_path / "v000002"
+    assert sorted(p.name for p in folder.iterdir()) == ["config.json", "manifest.json", "model.safetensors"]
+    manifest = read_manifest(folder)
+    assert manifest == json.loads(json.dumps(second))
+    assert (first["version"], first["parent"], manifest["version"], manifest["parent"]) == (1, None, 2, "v000001")
+    assert datetime.fromisoformat(manifest["created_at"]).utcoffset().total_seconds() == 0
+    assert manifest["files"] == {n: sha256_file(folder / n) for n in ("model.safetensors", "config.json")}
+    assert manifest["frozen_blocks"] == {"count": 2, "names": ["stem", "layer1"]}
+    assert (manifest["reason"], manifest["task"], manifest["positions"]) == ("task_end", 1, {"kafka": {"0": [10, 20]}})
+    assert manifest["probe"] == {"accuracy": {"0": 0.5}}
+    assert {"torch", "torchvision", "safetensors", "streamd", "python"} <= set(manifest["libraries"])
+    config = json.loads((folder / "config.json").read_text())
+    assert (config["arch"], config["image_size"], config["in_channels"]) == ("resnet_tiny", 16, 3)
+    assert config["preprocessing"]["mean"] == list(MEAN) and config["preprocessing"]["std"] == list(STD)
+    weights = safetensors.torch.load_file(folder / "model.safetensors")  # encoder only, torchvision keys
+    expected = learner.encoder.export_state_dict()
+    assert weights.keys() == expected.keys() and "conv1.weight" in weights
+    assert all(weights[k].equal(expected[k]) for k in weights)
+    assert (tmp_path / "latest").read_text() == "v000002" and pub.latest_version() == 2
+    assert metrics.registry.get_sample_value("streamd_snapshot_version") == 2
+    assert metrics.registry.get_sample_value("streamd_snapshot_last_publish_timestamp_seconds") == pytest.approx(
+        second["created_at_unix"])
+
+
+def test_retention_keeps_last_n_and_every_task_end(tmp_path, learner):
+    pub = SnapshotPublisher(tmp_path, keep_last=2)
+    for reason in ["steps", "task_end", "steps", "interval", "task_end", "steps", "shutdown"]:
+        publish(pub, learner, reason=reason)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["latest", "v000002", "v000005", "v000006", "v000007"]
+    assert not list(tmp_path.glob(".tmp*"))
+
+
+def test_failed_write_leaves_earlier_snapshots_intact_and_is_counted(tmp_path, learner, monkeypatch, caplog):
+    metrics = Metrics()
+    pub = SnapshotPublisher(tmp_path, metrics=metrics)
+    publish(pub, learner)
+    real_write = snapshots._write_synced
+
+    def disk_full(path, write):
+        if path.name == "model.safetensors":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_write(path, write)
+
+    monkeypatch.setattr(snapshots, "_write_synced", disk_full)
+    assert publish(pub, learner) is None
+    assert metrics.registry.get_sample_value("streamd_snapshot_failures_total") == 1
+    assert "snapshot publish failed" in caplog.text
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["latest", "v000001"]  # no partial folder left
+    verify(tmp_path / "v000001", read_manifest(tmp_path / "v000001"))
+    assert pub.latest_version() == 1 and metrics.registry.get_sample_value("streamd_snapshot_version") == 1
+
+    monkeypatch.setattr(snapshots, "_write_synced", real_write)
+    assert publish(pub, learner)["version"] == 2
+
+
+def test_latest_moves_last(tmp_path, learner, monkeypatch):
+    """A failure after the folder rename but before the alias replace keeps ``latest`` on the old version."""
+    pub = SnapshotPublisher(tmp_path)
+    publish(pub, learner)
+
+    def replace_fails(src, dst):
+        raise OSError(errno.EIO, "I/O error")
+
+    monkeypatch.setattr(os, "replace", replace_fails)
+    assert publish(pub, learner) is None
+    monkeypatch.undo()
+    assert (tmp_path / "latest").read_text() == "v000001"
+    assert publish(pub, learner)["version"] == 3  # numbers are never reused
+
+
+def test_restarted_publisher_reports_existing_latest(tmp_path, learner):
+    manifest = publish(SnapshotPublisher(tmp_path), learner)
+    metrics = Metrics()
+    SnapshotPublisher(tmp_path, metrics=metrics)
+    assert metrics.registry.get_sample_value("streamd_snapshot_version") == 1
+    assert metrics.registry.get_sample_value(
+        "streamd_snapshot_last_publish_timestamp_seconds") == pytest.approx(manifest["created_at_unix"])
