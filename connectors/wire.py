@@ -1,0 +1,101 @@
+"""The wire formats shared by the sources and by ``streamd produce``.
+
+One image per message: the payload is the encoded image (PNG, JPEG, ...) or raw uint8 pixels
+with a ``streamd-shape`` header. Many images per message: an Arrow IPC stream with a binary
+``image`` column and optional ``label`` (int), ``task`` (string) and ``content_type`` columns.
+Sources split such messages here, so each image gets its own exact position (index/count).
+"""
+from __future__ import annotations
+
+import io
+from dataclasses import replace
+
+import numpy as np
+import pyarrow as pa
+
+from connectors.base import (ARROW_CONTENT_TYPE, CONTENT_TYPE_HEADER, LABEL_HEADER, RAW_CONTENT_TYPE, SHAPE_HEADER,
+                             TASK_HEADER, Position, Record)
+
+IMAGE_FORMATS = ("png", "raw")
+
+
+def image_headers(task: str | int | None, label: int | None) -> dict[str, str]:
+    """The optional task/label headers of one image."""
+    headers = {}
+    if task is not None:
+        headers[TASK_HEADER] = str(task)
+    if label is not None:
+        headers[LABEL_HEADER] = str(int(label))
+    return headers
+
+
+def encode_image(image: np.ndarray, fmt: str) -> tuple[bytes, str, dict[str, str]]:
+    """uint8 (H,W) or (H,W,C) pixels -> (payload, content type, extra headers)."""
+    image = np.ascontiguousarray(image, dtype=np.uint8)
+    if fmt == "raw":
+        return image.tobytes(), RAW_CONTENT_TYPE, {SHAPE_HEADER: ",".join(map(str, image.shape))}
+    if fmt == "png":
+        from PIL import Image
+
+        buf = io.BytesIO()
+        Image.fromarray(image[..., 0] if image.ndim == 3 and image.shape[2] == 1 else image).save(
+            buf, format="PNG", compress_level=1)
+        return buf.getvalue(), "image/png", {}
+    raise ValueError(f"unknown image format {fmt!r}; choose one of {IMAGE_FORMATS}")
+
+
+def arrow_message(payloads: list[bytes], content_types: list[str], labels: list[int] | None = None,
+                  tasks: list[str] | None = None) -> bytes:
+    """Many encoded images -> one Arrow IPC stream (the multi-image message)."""
+    columns = {"image": pa.array(payloads, pa.binary()), "content_type": pa.array(content_types, pa.string())}
+    if labels is not None:
+        columns["label"] = pa.array(labels, pa.int64())
+    if tasks is not None:
+        columns["task"] = pa.array([str(t) for t in tasks], pa.string())
+    table = pa.table(columns)
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return sink.getvalue().to_pybytes()
+
+
+def is_arrow(record: Record) -> bool:
+    return record.content_type.split(";")[0].strip().lower() == ARROW_CONTENT_TYPE
+
+
+def split_arrow(record: Record) -> list[Record]:
+    """One Record per row of an Arrow IPC message; raises ``ValueError`` for a malformed message.
+
+    Row headers (label, task, content type) override the message's headers for that image.
+    """
+    try:
+        table = pa.ipc.open_stream(pa.py_buffer(record.payload)).read_all()
+    except (pa.ArrowException, OSError) as exc:
+        raise ValueError(f"unreadable Arrow IPC stream: {exc}") from exc
+    image_type = table.schema.field("image").type if "image" in table.column_names else None
+    if image_type is None or not (pa.types.is_binary(image_type) or pa.types.is_large_binary(image_type)):
+        raise ValueError(f"Arrow message needs a binary 'image' column, has {table.schema}")
+    n = table.num_rows
+    rows = {name: table.column(name).to_pylist() for name in ("image", "label", "task", "content_type")
+            if name in table.column_names}
+    base = {k: v for k, v in record.headers.items() if k != CONTENT_TYPE_HEADER}
+    out = []
+    for i in range(n):
+        headers = dict(base)
+        if rows.get("label") is not None and rows["label"][i] is not None:
+            headers[LABEL_HEADER] = str(rows["label"][i])
+        if rows.get("task") is not None and rows["task"][i] is not None:
+            headers[TASK_HEADER] = str(rows["task"][i])
+        content_type = (rows.get("content_type") or [None] * n)[i] or ""
+        out.append(replace(record, payload=rows["image"][i] or b"", content_type=content_type, headers=headers,
+                           position=Position(record.position.key, record.position.offset, i, n)))
+    return out
+
+
+def kafka_headers(headers: dict[str, str]) -> list[tuple[str, bytes]]:
+    return [(k, v.encode()) for k, v in headers.items()]
+
+
+def from_kafka_headers(headers: list[tuple[str, bytes | None]] | None) -> dict[str, str]:
+    """Kafka headers -> str dict (undecodable bytes are kept with replacement chars; ingest rejects them)."""
+    return {k.lower(): (v or b"").decode("utf-8", errors="replace") for k, v in (headers or [])}
