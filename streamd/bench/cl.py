@@ -1,0 +1,186 @@
+"""``streamd bench cl``: continual-learning strategies side by side on a task split of real data.
+
+Every strategy gets the same seed, the same task order, the same batches (indices and which
+samples carry labels) and the same number of steps, so differences come from the strategy alone.
+After each task the encoder is evaluated on every task's test set with the weighted kNN (task-aware),
+giving the accuracy matrix R and its average accuracy, forgetting and backward transfer.
+"""
+from __future__ import annotations
+
+import argparse
+import inspect
+import json
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from models.objectives import OBJECTIVES
+from streamd.bench import _memory
+from streamd.bench._machine import describe_machine, synced_clock
+from streamd.data import Task, task_stream, train_test
+from streamd.evaluation import accuracy_row, average_accuracy, backward_transfer, forgetting
+from streamd.learner import build_learner, resolve_device
+from streamd.optim import OptimConfig
+
+# --quick: tiny encoder, small images and heads, few steps: < 2 minutes on 2 CPU cores for 3 strategies.
+QUICK = {"arch": "resnet_tiny", "image_size": 16, "batch_size": 32, "steps_per_task": 20,
+         "proj_hidden": 128, "proj_dim": 64, "pred_hidden": 32}
+FULL = {"arch": "resnet18", "image_size": 32, "batch_size": 64, "steps_per_task": 200,
+        "proj_hidden": None, "proj_dim": None, "pred_hidden": None}
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("cl", help="compare continual-learning strategies on a task split",
+                              description=__doc__.splitlines()[0])
+    p.add_argument("--dataset", default="mnist5k", help="mnist5k, digits or imagefolder:PATH")
+    p.add_argument("--split", default="class", choices=["class", "rotation", "permutation", "colour"])
+    p.add_argument("--tasks", type=int, default=5)
+    p.add_argument("--objective", default="simsiam", choices=sorted(OBJECTIVES))
+    p.add_argument("--strategies", default="finetune,replay,lump",
+                   help="comma-separated; plugins combine with '+', e.g. cassle+replay")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quick", action="store_true", help="tiny settings: " + json.dumps(QUICK))
+    for name in ("steps_per_task", "batch_size", "image_size", "proj_hidden", "proj_dim", "pred_hidden"):
+        p.add_argument("--" + name.replace("_", "-"), type=int, default=None,
+                       help=f"default {FULL[name]} ({QUICK[name]} with --quick)")
+    p.add_argument("--arch", default=None, help=f"encoder; default {FULL['arch']} ({QUICK['arch']} with --quick)")
+    p.add_argument("--lr", type=float, default=0.05)
+    p.add_argument("--label-fraction", type=float, default=0.1,
+                   help="share of training samples passed with their label (the rest -1)")
+    p.add_argument("--plugin-options", type=json.loads, default={},
+                   help='JSON kwargs per plugin, e.g. \'{"replay": {"capacity": 256}}\'')
+    p.add_argument("--linear-probe", action=argparse.BooleanOptionalAction, default=True,
+                   help="also report a linear probe on the final encoder (all tasks' classes)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--out", type=Path, default=Path("bench-cl.json"))
+    p.add_argument("--plot", type=Path, default=None, help="PNG of the accuracy matrices")
+    p.set_defaults(func=main)
+
+
+@dataclass
+class Setup:
+    """Everything a strategy run shares with the others."""
+
+    args: argparse.Namespace
+    arch: str
+    image_size: int
+    batch_size: int
+    steps_per_task: int
+    objective_kwargs: dict
+    device: torch.device
+    splits: list[tuple[Task, Task]]
+    schedule: list[list[tuple[torch.Tensor, torch.Tensor]]]   # per task, per step: (indices, labelled mask)
+
+
+def resolve(args: argparse.Namespace) -> dict:
+    defaults = QUICK if args.quick else FULL
+    return {k: getattr(args, k) if getattr(args, k) is not None else v for k, v in defaults.items()}
+
+
+def objective_kwargs(objective: str, values: dict) -> dict:
+    """The head sizes the chosen objective accepts (not every objective has a predictor)."""
+    accepted = inspect.signature(OBJECTIVES[objective].__init__).parameters
+    return {k: v for k, v in values.items() if k in accepted and v is not None}
+
+
+def batch_schedule(n: int, batch_size: int, steps: int, label_fraction: float, seed: int):
+    """Shuffled epochs of one task's indices cut into ``steps`` batches, plus who is labelled."""
+    gen = torch.Generator().manual_seed(seed)
+    epochs = -(-steps * batch_size // n)
+    order = torch.cat([torch.randperm(n, generator=gen) for _ in range(epochs)])
+    labelled = torch.rand(steps, batch_size, generator=gen) < label_fraction
+    return [(order[s * batch_size:(s + 1) * batch_size], labelled[s]) for s in range(steps)]
+
+
+def prepare(args: argparse.Namespace) -> Setup:
+    v = resolve(args)
+    tasks = task_stream(args.dataset, args.split, args.tasks, v["image_size"], args.seed)
+    splits = [train_test(t, 0.2, args.seed) for t in tasks]
+    schedule = [batch_schedule(len(train.labels), v["batch_size"], v["steps_per_task"], args.label_fraction,
+                               args.seed * 1000 + i) for i, (train, _) in enumerate(splits)]
+    return Setup(args, v["arch"], v["image_size"], v["batch_size"], v["steps_per_task"],
+                 objective_kwargs(args.objective, v), resolve_device(args.device), splits, schedule)
+
+
+def run_strategy(setup: Setup, strategy: str) -> dict:
+    from streamd.flops import backward_flops
+
+    args, device = setup.args, setup.device
+    torch.manual_seed(args.seed)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    learner = build_learner(setup.arch, setup.image_size, args.objective, strategy,
+                            objective_kwargs=setup.objective_kwargs, plugin_options=args.plugin_options,
+                            optim=OptimConfig(lr=args.lr), device=str(device))
+    trains = [train for train, _ in setup.splits]
+    tests = [test for _, test in setup.splits]
+    R, seconds, memory, flops = [], [], 0, []
+    for t, train in enumerate(trains):
+        learner.begin_task(t)
+        for s, (idx, labelled) in enumerate(setup.schedule[t]):
+            images, labels = train.images[idx], train.labels[idx].where(labelled, -1)
+            start = synced_clock(device)
+            if device.type == "cpu" and s == len(setup.schedule[t]) - 1:
+                memory = max(memory, _memory.step_training_bytes(learner, lambda: learner.step(images, labels)))
+            else:
+                learner.step(images, labels)
+            seconds.append(synced_clock(device) - start)
+        flops.append(backward_flops(learner, images))
+        learner.end_task()
+        R.append(accuracy_row(learner, trains, tests, seen=t))
+        print(f"[{strategy}] after task {t}: " + " ".join(f"{a:.3f}" for a in R[-1]), flush=True)
+    if device.type == "cuda":
+        memory = torch.cuda.max_memory_allocated(device)
+    run = {"strategy": strategy, "acc_matrix": R, "avg_acc": average_accuracy(R), "forgetting": forgetting(R),
+           "bwt": backward_transfer(R), "step_seconds_median": statistics.median(seconds),
+           "peak_memory_bytes": int(memory), "backward_flops_per_step": int(statistics.mean(flops))}
+    if args.linear_probe:
+        final = accuracy_row(learner, trains, tests, seen=len(trains) - 1, mode="agnostic", classifier="linear")
+        run["linear_probe_avg_acc"] = sum(final) / len(final)
+    return run
+
+
+def plot(result: dict, path: Path) -> None:
+    """One heatmap of R per strategy (rows: after training task i; columns: evaluated task j)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = result["runs"]
+    fig, axes = plt.subplots(1, len(runs), figsize=(3.2 * len(runs), 3.4), squeeze=False)
+    for ax, run in zip(axes[0], runs):
+        R = torch.tensor(run["acc_matrix"])
+        ax.imshow(R, vmin=0, vmax=1, cmap="viridis")
+        for (i, j), a in zip(torch.cartesian_prod(torch.arange(R.shape[0]), torch.arange(R.shape[1])).tolist(),
+                             R.flatten().tolist()):
+            ax.text(j, i, f"{a:.2f}", ha="center", va="center", fontsize=7, color="white" if a < 0.6 else "black")
+        ax.set_title(f"{run['strategy']}\nacc {run['avg_acc']:.3f} fgt {run['forgetting']:.3f}", fontsize=9)
+        ax.set_xlabel("evaluated task j")
+        ax.set_ylabel("after task i")
+    fig.suptitle(f"{result['dataset']} {result['split']} x{result['tasks']}, {result['objective']}, "
+                 f"{result['steps_per_task']} steps/task", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(args: argparse.Namespace) -> int:
+    setup = prepare(args)
+    result = {"dataset": args.dataset, "objective": args.objective, "split": args.split, "tasks": args.tasks,
+              "steps_per_task": setup.steps_per_task, "seed": args.seed, "arch": setup.arch,
+              "image_size": setup.image_size, "batch_size": setup.batch_size,
+              "machine": {**describe_machine(setup.device), "peak_memory_method": _memory.method(setup.device)},
+              "runs": []}
+    for strategy in [s.strip() for s in args.strategies.split(",") if s.strip()]:
+        result["runs"].append(run_strategy(setup, strategy))
+        args.out.write_text(json.dumps(result, indent=2))   # partial results survive a later failure
+    if args.plot:
+        plot(result, args.plot)
+    for run in result["runs"]:
+        print(f"{run['strategy']:>24}: avg_acc {run['avg_acc']:.3f}  forgetting {run['forgetting']:.3f}  "
+              f"bwt {run['bwt']:+.3f}  step {run['step_seconds_median'] * 1e3:.0f} ms")
+    print(f"wrote {args.out}" + (f" and {args.plot}" if args.plot else ""))
+    return 0
