@@ -28,6 +28,7 @@ VERSION_PARAM = PathParam(pattern=r"^(v\d{6}|latest)$", description="vNNNNNN or 
 def build_app(snapshot_root: Path, metrics: Metrics, ready: Callable[[], bool], token: str | None = None) -> FastAPI:
     app = FastAPI(title="streamd", description="Continual SSL daemon: versioned encoder snapshots and metrics.",
                   version="1")
+    app.state.snapshot_root = snapshot_root
 
     if token:
         expected = f"Bearer {token}".encode()

@@ -1,0 +1,21 @@
+"""``streamd pull SOURCE --version latest --out DIR``: fetch one snapshot and verify its sha256."""
+from __future__ import annotations
+
+import os
+
+from streamd.client import TOKEN_ENV, pull
+
+
+def run(args) -> int:
+    folder = pull(args.source, args.version, args.out, token=args.token)
+    print(f"pulled {args.source} {args.version} into {folder}")
+    return 0
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("pull", help="download a verified snapshot from a daemon URL or a snapshot folder")
+    p.add_argument("source", help="http(s)://HOST:PORT of a daemon, a snapshot root or one snapshot folder")
+    p.add_argument("--version", default="latest", help="vNNNNNN or latest")
+    p.add_argument("--out", required=True, help="folder to write model.safetensors, config.json, manifest.json")
+    p.add_argument("--token", default=os.environ.get(TOKEN_ENV), help=f"bearer token (default: ${TOKEN_ENV})")
+    p.set_defaults(func=run)

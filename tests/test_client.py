@@ -1,0 +1,99 @@
+import pickle
+
+import pytest
+import torch
+from torchvision.models import ResNet, VisionTransformer
+
+from publishing_fixtures import encoder_output, images, tiny_learner
+from streamd.api import ApiServer
+from streamd.cli import main as streamd_main
+from streamd.client import SnapshotIntegrityError, load_encoder, pull
+from streamd.metrics import Metrics
+from streamd.snapshots import SnapshotPublisher
+
+
+def publish(root, learner, count=1):
+    pub = SnapshotPublisher(root)
+    for _ in range(count):
+        manifest = pub.publish(learner, reason="steps", task=0, segment=0, positions={})
+    return manifest
+
+
+@pytest.fixture(scope="module")
+def learner():
+    return tiny_learner()
+
+
+@pytest.fixture
+def server(tmp_path):
+    api = ApiServer("127.0.0.1", 0, tmp_path / "snapshots", Metrics(), ready=lambda: True)
+    api.start()
+    yield api
+    api.stop()
+
+
+@pytest.fixture
+def no_unpickling(monkeypatch):
+    """Any attempt to unpickle while loading fails the test."""
+    def refuse(*args, **kwargs):
+        raise AssertionError("the client must never unpickle")
+
+    for target, name in [(pickle, "load"), (pickle, "loads"), (torch, "load")]:
+        monkeypatch.setattr(target, name, refuse)
+
+
+def test_load_encoder_from_folder_is_plain_torchvision_with_equal_outputs(tmp_path, learner, no_unpickling):
+    publish(tmp_path, learner, count=2)
+    module = load_encoder(tmp_path)  # the root: resolves `latest`
+    assert isinstance(module, ResNet) and isinstance(module.fc, torch.nn.Identity)
+    assert module.state_dict().keys() == learner.encoder.export_state_dict().keys()
+    x = images()
+    with torch.no_grad():
+        assert torch.equal(module(learner.preprocess(x)), encoder_output(learner, x))
+    assert torch.equal(load_encoder(tmp_path, "v000001")(learner.preprocess(x)), encoder_output(learner, x))
+
+
+def test_load_encoder_over_http_equals_learner(server, learner, no_unpickling):
+    publish(server.app.state.snapshot_root, learner)
+    module = load_encoder(f"http://127.0.0.1:{server.port}")
+    x = images()
+    with torch.no_grad():
+        assert torch.equal(module(learner.preprocess(x)), encoder_output(learner, x))
+
+
+def test_vit_snapshot_loads_as_torchvision_vit(tmp_path):
+    vit = tiny_learner("vit_small", 16, encoder_kwargs={"num_layers": 1, "hidden_dim": 48, "num_heads": 3,
+                                                        "mlp_dim": 96})
+    publish(tmp_path, vit)
+    module = load_encoder(tmp_path)
+    assert isinstance(module, VisionTransformer)
+    x = images()
+    with torch.no_grad():
+        assert torch.equal(module(vit.preprocess(x)), encoder_output(vit, x))
+
+
+def test_corrupted_file_fails_sha256_check_naming_the_file(tmp_path, learner, server):
+    publish(tmp_path, learner)
+    model = tmp_path / "v000001" / "model.safetensors"
+    blob = bytearray(model.read_bytes())
+    blob[-1] ^= 0xFF
+    model.write_bytes(bytes(blob))
+    with pytest.raises(SnapshotIntegrityError, match=r"sha256 mismatch for model\.safetensors"):
+        load_encoder(tmp_path)
+    served = server.app.state.snapshot_root
+    publish(served, learner)
+    (served / "v000001" / "config.json").write_text('{"arch": "resnet50"}')
+    with pytest.raises(SnapshotIntegrityError, match=r"sha256 mismatch for config\.json"):
+        load_encoder(f"http://127.0.0.1:{server.port}")
+
+
+def test_pull_command_from_http_and_folder(server, learner, tmp_path):
+    publish(server.app.state.snapshot_root, learner, count=3)
+    out = tmp_path / "pulled"
+    assert streamd_main(["pull", f"http://127.0.0.1:{server.port}", "--version", "v000002", "--out", str(out)]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "manifest.json", "model.safetensors"]
+    x = images()
+    with torch.no_grad():
+        assert torch.equal(load_encoder(out)(learner.preprocess(x)), encoder_output(learner, x))
+    again = pull(out, out_dir=tmp_path / "copy")  # a snapshot folder is also a source
+    assert (again / "manifest.json").read_text() == (out / "manifest.json").read_text()
