@@ -1,0 +1,241 @@
+"""Data-parallel training across ``torchrun`` ranks (torch.distributed: gloo on CPU, nccl on GPUs).
+
+Every rank runs the whole daemon loop on its own share of the stream: the ranks join ONE Kafka
+consumer group, so Kafka's group assignment hands each rank disjoint partitions. The ranks meet
+once per loop iteration (``agree``): one small all-reduce says how many rows each rank brings,
+and carries rank 0's decisions (current task, frozen encoder blocks, "checkpoint now") plus any
+rank's wish to stop, so all ranks switch tasks, freeze, checkpoint and stop together.
+
+Gradients: an optimizer step pre-hook all-reduces the gradients of the learner's optimizer, each
+rank weighted by its number of stream rows, so every rank applies the same averaged update and
+the weights stay identical without wrapping the objective (momentum targets follow, since they
+are a function of the weights). Buffers (BatchNorm statistics) are taken from rank 0, as DDP
+does. A rank without a batch, or whose loss was not finite, still takes part in the step with
+weight 0 (``idle_step``), so no rank ever waits for data that another rank does not have.
+
+State: the checkpoint is written by rank 0 only and holds the merged positions of all ranks'
+partitions plus every rank's own plugin state (replay buffers stay per rank). On start rank 0
+reads it and broadcasts it; each rank takes its own plugin state. Only rank 0 publishes
+snapshots and serves the HTTP API.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+from torch.optim.optimizer import register_optimizer_step_pre_hook
+
+_TIMEOUT = timedelta(minutes=10)
+
+
+@dataclass(frozen=True)
+class Agreement:
+    """What all ranks do in this loop iteration."""
+
+    rows: int             # stream rows summed over the ranks: 0 means nobody steps
+    task: int             # rank 0's task: every rank begins it before stepping
+    frozen_blocks: int    # rank 0's frozen encoder prefix
+    checkpoint: bool      # rank 0 decided to checkpoint after this iteration
+    stop: bool            # some rank was asked to stop
+
+
+class Cluster:
+    """This process's place among the ranks; with one rank every method is a cheap no-op."""
+
+    def __init__(self, rank: int = 0, world_size: int = 1, device: torch.device | None = None):
+        self.rank, self.world_size = rank, world_size
+        self.device = device or torch.device("cpu")   # where collectives' tensors live (nccl: the GPU)
+        self._learner = None
+        self._weight = 1.0
+        self._hook = None
+
+    @classmethod
+    def from_env(cls, device: torch.device | None = None) -> "Cluster":
+        """Joins the process group when torchrun started several ranks (WORLD_SIZE > 1)."""
+        world_size = int(os.environ.get("WORLD_SIZE", "1"))
+        if world_size <= 1:
+            return cls()
+        on_gpu = device is not None and device.type == "cuda"
+        if on_gpu:
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+            torch.cuda.set_device(device)
+        if not dist.is_initialized():
+            dist.init_process_group("nccl" if on_gpu else "gloo", timeout=_TIMEOUT)
+        return cls(dist.get_rank(), dist.get_world_size(), device if on_gpu else None)
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    # Per-iteration agreement ------------------------------------------------------------------
+    def agree(self, rows: int, task: int, frozen_blocks: int, checkpoint: bool, stop: bool) -> Agreement:
+        if not self.enabled:
+            return Agreement(rows, task, frozen_blocks, checkpoint, stop)
+        main = float(self.is_main)
+        vec = torch.tensor([rows, task * main, frozen_blocks * main, float(checkpoint) * main, float(stop)],
+                           dtype=torch.float64, device=self.device)
+        dist.all_reduce(vec)
+        rows, task, frozen, ckpt, stop = (int(round(v)) for v in vec.tolist())
+        return Agreement(rows, task, frozen, bool(ckpt), bool(stop))
+
+    def apply(self, agreement: Agreement, learner) -> None:
+        """Brings this rank's learner to rank 0's task and frozen prefix (before the step)."""
+        if not self.enabled:
+            return
+        if agreement.frozen_blocks != learner.encoder.frozen_blocks:
+            learner.encoder.freeze_prefix(agreement.frozen_blocks)
+        if agreement.task != learner.task and agreement.task >= 0:
+            learner.begin_task(agreement.task)
+            self.broadcast_modules(learner)   # plugins may have built new modules (predictors)
+
+    # Gradients ----------------------------------------------------------------------------------
+    def attach(self, learner) -> None:
+        """Starts averaging ``learner``'s gradients and gives every rank rank 0's weights."""
+        if not self.enabled:
+            return
+        self._learner = learner
+        self._hook = register_optimizer_step_pre_hook(self._average_gradients)
+        self.broadcast_modules(learner)
+
+    def step(self, learner, images: torch.Tensor, labels=None, tasks=None):
+        """``learner.step`` whose update is the rows-weighted average over all ranks."""
+        self._weight = float(images.shape[0])
+        try:
+            result = learner.step(images, labels, tasks)
+        finally:
+            self._weight = 1.0
+        if result.skipped and self.enabled:   # the others are already in the gradient all-reduce
+            self.idle_step(learner)
+        return result
+
+    def idle_step(self, learner) -> None:
+        """Takes part in a step without data: contributes nothing, applies the others' average."""
+        self._weight = 0.0
+        try:
+            learner.optimizer.zero_grad(set_to_none=True)
+            learner.optimizer.step()          # the pre-hook fills in the averaged gradients
+        finally:
+            self._weight = 1.0
+        learner.scheduler.step()
+        learner.objective.after_optimizer_step()
+        learner.step_count += 1
+
+    def _average_gradients(self, optimizer, args, kwargs) -> None:
+        learner = self._learner
+        if learner is None or optimizer is not learner.optimizer:
+            return
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        w = self._weight
+        grads = [p.grad.reshape(-1) * w if p.grad is not None else torch.zeros(p.numel(), device=p.device)
+                 for p in params]
+        has_grad = torch.tensor([w if p.grad is not None else 0.0 for p in params], device=params[0].device)
+        flat = torch.cat(grads + [has_grad, torch.tensor([w], device=has_grad.device)])
+        dist.all_reduce(flat)
+        total = float(flat[-1])
+        has_grad = flat[-1 - len(params):-1]
+        offset = 0
+        for p, contributed in zip(params, has_grad.tolist()):
+            n = p.numel()
+            p.grad = flat[offset:offset + n].view_as(p).div_(total) if contributed > 0 and total > 0 else None
+            offset += n
+        self._broadcast_buffers(learner)
+
+    # Weights and buffers --------------------------------------------------------------------------
+    def _modules(self, learner) -> list[torch.nn.Module]:
+        return [learner.objective] + [m for p in learner.plugins for m in p.trainable_modules()]
+
+    @torch.no_grad()
+    def broadcast_modules(self, learner) -> None:
+        """Rank 0's parameters and buffers to every rank (at start and when modules appear)."""
+        for module in self._modules(learner):
+            for t in module.state_dict(keep_vars=True).values():
+                dist.broadcast(t.data, 0)
+
+    @torch.no_grad()
+    def _broadcast_buffers(self, learner) -> None:
+        for module in self._modules(learner):
+            for b in module.buffers():
+                dist.broadcast(b, 0)
+
+    # Checkpoints --------------------------------------------------------------------------------
+    def gather_positions(self, positions: dict) -> dict:
+        """All ranks' source positions merged (every rank gets the result)."""
+        if not self.enabled:
+            return positions
+        everyone: list[dict] = [{} for _ in range(self.world_size)]
+        dist.all_gather_object(everyone, positions)
+        return merge_positions(everyone)
+
+    def gather_plugin_states(self, plugin_state: dict) -> list[dict] | None:
+        """Every rank's plugin state (replay buffers), on rank 0; None elsewhere."""
+        if not self.enabled:
+            return [plugin_state]
+        everyone = [None] * self.world_size if self.is_main else None
+        dist.gather_object(plugin_state, everyone, dst=0)
+        return everyone
+
+    def broadcast_object(self, obj):
+        """Rank 0's object (e.g. the loaded checkpoint) on every rank."""
+        if not self.enabled:
+            return obj
+        box = [obj if self.is_main else None]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def all_true(self, flag: bool) -> bool:
+        if not self.enabled:
+            return flag
+        vec = torch.tensor([0.0 if flag else 1.0], device=self.device)
+        dist.all_reduce(vec)
+        return float(vec) == 0.0
+
+    def close(self) -> None:
+        if self._hook is not None:
+            self._hook.remove()
+            self._hook = None
+        if self.enabled and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def merge_positions(states: list[dict]) -> dict:
+    """Union of Kafka position states ``{"offsets": {key: offset}, "partial": {key: ...}}``.
+
+    Partitions are disjoint across ranks; a key may still appear twice right after a rebalance
+    (a rank keeps a checkpoint target for a partition it no longer owns). Offsets only move
+    forward, so the highest offset is the live one, and its ``partial`` entry goes with it.
+    """
+    offsets: dict[str, int] = {}
+    partial: dict[str, dict] = {}
+    for state in states:
+        for key, offset in (state or {}).get("offsets", {}).items():
+            if key not in offsets or offset > offsets[key]:
+                offsets[key] = offset
+                partial.pop(key, None)
+                if key in (state.get("partial") or {}):
+                    partial[key] = state["partial"][key]
+    return {"offsets": offsets, "partial": partial}
+
+
+def own_plugin_state(state: dict, rank: int) -> dict:
+    """The learner state with this rank's own plugin state (rank 0's when the rank is new)."""
+    per_rank = state.get("rank_plugins")
+    if not per_rank or rank >= len(per_rank):
+        return state
+    return {**state, "plugins": per_rank[rank]}
+
+
+def weights_digest(learner) -> str:
+    """sha256 over every parameter and buffer of the objective: equal digests = equal weights."""
+    h = hashlib.sha256()
+    for name, t in sorted(learner.objective.state_dict().items()):
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
