@@ -15,6 +15,7 @@ from pathlib import Path
 
 import yaml
 
+from streamd.cli import build_parser
 from streamd.config import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -48,6 +49,10 @@ def volume(spec: str | dict) -> tuple[str, str]:
         return spec.get("source", ""), spec["target"]
     source, target = spec.split(":")[:2]
     return source, target
+
+
+def streamd_env_topic(services: dict) -> str:
+    return services["streamd"]["environment"]["STREAMD_SOURCE__KAFKA__TOPIC"]
 
 
 def k8s_docs() -> dict[str, dict]:
@@ -109,6 +114,8 @@ def test_compose_stack_is_accepted_and_complete():
     producer = services["demo-producer"]
     assert producer["entrypoint"][:3] == ["streamd", "produce", "kafka"]
     assert producer["restart"] == "no"
+    args = build_parser().parse_args(producer["entrypoint"][1:] + producer["command"])
+    assert args.bootstrap_servers == "kafka:29092" and args.topic == streamd_env_topic(services)
     streamd = services["streamd"]
     assert {volume(v)[1] for v in streamd["volumes"]} >= set(STATE_DIRS)
 
