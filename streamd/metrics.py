@@ -9,9 +9,14 @@ from __future__ import annotations
 import sys
 
 import torch
+import prometheus_client
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
 import streamd
+
+# The text format would add a ``*_created`` gauge per counter and histogram: noise for dashboards and
+# alerts (Prometheus detects counter resets itself).
+prometheus_client.disable_created_metrics()
 
 # Gauges a plugin may feed through ``Plugin.metrics()`` (same key as the attribute name).
 PLUGIN_GAUGES = ("replay_buffer_size", "frozen_blocks", "backward_flops_saved_ratio")
@@ -54,6 +59,8 @@ class Metrics:
         self.frozen_blocks = gauge("frozen_blocks", "Encoder blocks frozen (counted from the input).")
         self.backward_flops_saved_ratio = gauge("backward_flops_saved_ratio",
                                                 "Fraction of backward FLOPs saved by frozen blocks.")
+        self.plugin_value = gauge("plugin_value", "Any other value a plugin reports (name fixed by its code).",
+                                  ["plugin", "name"])
         # Durability and publishing
         self.snapshot_version = gauge("snapshot_version", "Version number of the latest published snapshot.")
         self.snapshot_last_publish_timestamp = gauge("snapshot_last_publish_timestamp_seconds",
@@ -75,12 +82,13 @@ class Metrics:
                               "python": sys.version.split()[0]})
 
     def observe_plugins(self, learner) -> None:
-        """Copies each plugin's ``metrics()`` into the gauge of the same name (other names are ignored)."""
+        """Copies each plugin's ``metrics()`` into the gauge of the same name, or else into
+        ``streamd_plugin_value{plugin, name}``."""
         self.frozen_blocks.set(learner.encoder.frozen_blocks)
         for plugin in learner.plugins:
             for name, value in plugin.metrics().items():
-                if name in PLUGIN_GAUGES:
-                    getattr(self, name).set(value)
+                target = getattr(self, name) if name in PLUGIN_GAUGES else self.plugin_value.labels(plugin.name, name)
+                target.set(value)
 
     def forget_task_labels(self, task: int) -> None:
         """Drops the per-task series of a task the prober no longer tracks (keeps labels bounded)."""
