@@ -1,0 +1,140 @@
+"""Progressive task-correlated layer freezing (Yang et al. 2023), meant to run as "lump+freeze".
+
+At a task start a frozen copy of the encoder (the previous task's end state) is kept and the
+first stream images of the new task are buffered (uint8). After ``decide_after`` steps of the
+new task (or at its end, if it is shorter) each block's features of the copy and of the current
+encoder on those images are compared with linear CKA: blocks the new task barely changes are
+task-correlated, so the bottom-up prefix of blocks whose CKA passes ``threshold`` is frozen
+(at most ``max_new_blocks`` more per task, never the last block). Frozen blocks run without
+autograd and with fixed BN statistics (``Encoder.freeze_prefix``); their parameters get no
+grad, so the optimizer (SGD, LARS, AdamW all skip grad-less parameters) applies neither
+momentum nor weight decay to them. The first steps of a task train all unfrozen blocks; the
+decision is never undone.
+"""
+from __future__ import annotations
+
+import copy
+
+import torch
+
+from streamd.flops import backward_flops
+from streamd.plugins.base import Plugin, register
+from streamd.similarity import centered_gram, cka_from_grams
+
+
+def frozen_prefix_after(cka: list[float], frozen: int, threshold: float, max_new: int) -> int:
+    """How many leading blocks to freeze: extend ``frozen`` while the next block's CKA passes."""
+    limit = min(frozen + max_new, len(cka) - 1)
+    k = frozen
+    while k < limit and cka[k] >= threshold:
+        k += 1
+    return k
+
+
+@torch.no_grad()
+def block_cka(learner, previous, images: torch.Tensor, batch_size: int = 64) -> list[float]:
+    """Per-block linear CKA between ``previous`` and the learner's encoder (eval mode) on ``images``."""
+    current = learner.encoder
+    was_training = current.training
+    current.eval()
+    grams = {}
+    for name, encoder in (("previous", previous), ("current", current)):
+        feats = [[] for _ in encoder.block_names]
+        for chunk in images.split(batch_size):
+            with learner.autocast():
+                outs = encoder.forward_blocks(learner.preprocess(chunk.to(learner.device)))
+            for i, out in enumerate(outs):
+                feats[i].append(out.float())
+        grams[name] = [centered_gram(torch.cat(f)) for f in feats]
+    current.train(was_training)
+    return [float(cka_from_grams(k, l, debiased=True)) for k, l in zip(grams["previous"], grams["current"])]
+
+
+@register("freeze")
+class FreezePlugin(Plugin):
+    def __init__(self, threshold: float = 0.9, max_new_blocks: int = 1, decide_after: int = 50,
+                 probe_images: int = 256, flops_images: int = 4):
+        self.threshold = threshold
+        self.max_new_blocks = max_new_blocks
+        self.decide_after = decide_after
+        self.probe_images = probe_images
+        self.flops_images = flops_images
+        self.previous = None                  # frozen copy of the encoder while a decision is pending
+        self.probe: list[torch.Tensor] = []   # uint8 stream images of the new task
+        self.steps_in_task = 0
+        self.history: list[dict] = []         # one entry per decision: task, cka per block, frozen
+        self.saved_ratio = 0.0
+
+    def setup(self, learner):
+        self.learner = learner
+
+    def on_task_start(self, learner, task):
+        self.steps_in_task = 0
+        self.probe = []
+        self.previous = None
+        if learner.step_count > 0:  # a previous task exists to compare with
+            self.previous = self._frozen_copy(learner.encoder)
+
+    def _frozen_copy(self, encoder):
+        previous = copy.deepcopy(encoder).requires_grad_(False)
+        previous.frozen_blocks = 0
+        return previous.eval()
+
+    def after_step(self, learner, batch, out):
+        if self.previous is None:
+            return
+        self.steps_in_task += 1
+        if sum(len(p) for p in self.probe) < self.probe_images:
+            self.probe.append(batch.images[: batch.n_stream].cpu())
+        if self.steps_in_task >= self.decide_after:
+            self.decide(learner)
+
+    def on_task_end(self, learner, task):
+        if self.previous is not None and self.probe:
+            self.decide(learner)
+
+    def decide(self, learner) -> None:
+        images = torch.cat(self.probe)[: self.probe_images]
+        cka = block_cka(learner, self.previous, images)
+        frozen = frozen_prefix_after(cka, learner.encoder.frozen_blocks, self.threshold, self.max_new_blocks)
+        learner.encoder.freeze_prefix(frozen)
+        self.history.append({"task": learner.task, "step": learner.step_count, "cka": cka, "frozen": frozen})
+        self.saved_ratio = self._saved_ratio(learner, images[: self.flops_images])
+        self.previous, self.probe = None, []
+
+    def _saved_ratio(self, learner, images: torch.Tensor) -> float:
+        """1 - backward FLOPs with the frozen prefix / backward FLOPs with nothing frozen."""
+        encoder = learner.encoder
+        frozen = encoder.frozen_blocks
+        if frozen == 0:
+            return 0.0
+        with_frozen = backward_flops(learner, images)
+        encoder.freeze_prefix(0)
+        try:
+            without = backward_flops(learner, images)
+        finally:
+            encoder.freeze_prefix(frozen)
+        return 1.0 - with_frozen / without
+
+    def state_dict(self):
+        state = {"steps_in_task": self.steps_in_task, "history": self.history, "saved_ratio": self.saved_ratio}
+        if self.previous is not None:
+            state["previous"] = self.previous.state_dict()
+            state["probe"] = self.probe
+        return state
+
+    def load_state_dict(self, state):
+        if not state:
+            return
+        self.steps_in_task = state["steps_in_task"]
+        self.history = state["history"]
+        self.saved_ratio = state["saved_ratio"]
+        self.previous, self.probe = None, []
+        if "previous" in state:
+            self.previous = self._frozen_copy(self.learner.encoder)
+            self.previous.load_state_dict(state["previous"])
+            self.probe = list(state["probe"])
+
+    def metrics(self):
+        return {"frozen_blocks": float(self.learner.encoder.frozen_blocks),
+                "backward_flops_saved_ratio": self.saved_ratio}
