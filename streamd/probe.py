@@ -1,0 +1,210 @@
+"""Live forgetting and drift probes on small held-out samples of each task.
+
+A few rows of every task (each with probability 1/``hold_out_every``, until ``per_task`` are kept;
+random, so that a periodic pattern in the stream cannot bias the sample) never reach the learner. Every ``every_steps`` steps, and when forced at a task end, the prober embeds each task's
+probe set with the current encoder and measures:
+
+- labelled tasks: weighted-kNN accuracy (even rows are the bank, odd rows the queries), the row of
+  the live accuracy matrix for the current task, and forgetting = best accuracy so far - current;
+- every task with a task-end reference: representation drift = 1 - linear CKA between the current
+  features and the features the encoder gave at the end of that task.
+
+Results go to the Prometheus gauges and, as long rows (step, time, task, current_task, metric,
+value), to a Parquet history folder (one part file per measurement, compacted now and then).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from streamd.evaluation import embed_task, knn_accuracy
+from streamd.metrics import Metrics
+from streamd.similarity import linear_cka
+
+log = logging.getLogger(__name__)
+
+HISTORY_SCHEMA = pa.schema([("step", pa.int64()), ("time", pa.float64()), ("task", pa.int64()),
+                            ("current_task", pa.int64()), ("metric", pa.string()), ("value", pa.float64())])
+GLOBAL = -1  # the task column of rows that are not about one task
+MIN_ROWS = 4  # fewer probe rows (or one class only) give no kNN accuracy / CKA
+
+
+class Prober:
+    def __init__(self, per_task: int = 64, every_steps: int = 200, history_path: Path | None = None,
+                 metrics: Metrics | None = None, hold_out_every: int = 8, max_tasks: int = 32,
+                 compact_after: int = 64, seed: int = 0):
+        self.per_task = per_task
+        self.every_steps = every_steps
+        self.history = History(Path(history_path), compact_after) if history_path else None
+        self.metrics = metrics
+        self.hold_out_every = hold_out_every
+        self.max_tasks = max_tasks  # bounds memory and the task label set of the per-task gauges
+        self.sets: dict[int, dict] = {}        # task -> {"images": uint8 (N,C,H,W), "labels": int64 (N,)}
+        self.reference: dict[int, torch.Tensor] = {}  # task -> features at the end of that task
+        self.best: dict[int, float] = {}
+        self.matrix: dict[int, dict[int, float]] = {}  # current task -> {task: accuracy}, latest measure
+        self.last_step = 0
+        self.rng = torch.Generator().manual_seed(seed)
+
+    # Held-out sample --------------------------------------------------------------------------------
+    def hold_out(self, images_uint8: torch.Tensor, labels: torch.Tensor | None, task: int):
+        """Keeps each row with probability 1/``hold_out_every`` until the task's probe set is full;
+        returns the other rows (what the learner trains on)."""
+        n = images_uint8.shape[0]
+        labels = torch.full((n,), -1, dtype=torch.long) if labels is None else labels.long()
+        probe = self.sets.get(task)
+        if probe is None:
+            probe = self._new_set(task, images_uint8)
+        room = self.per_task - probe["images"].shape[0]
+        if room <= 0:
+            return images_uint8, labels
+        held = (torch.rand(n, generator=self.rng) * self.hold_out_every < 1).nonzero().flatten()[:room]
+        if len(held) == 0:
+            return images_uint8, labels
+        probe["images"] = torch.cat([probe["images"], images_uint8[held].cpu()])
+        probe["labels"] = torch.cat([probe["labels"], labels[held].cpu()])
+        keep = torch.ones(n, dtype=torch.bool)
+        keep[held] = False
+        return images_uint8[keep], labels[keep]
+
+    def _new_set(self, task: int, like: torch.Tensor) -> dict:
+        if len(self.sets) >= self.max_tasks:
+            oldest = min(self.sets)
+            for table in (self.sets, self.reference, self.best):
+                table.pop(oldest, None)
+            if self.metrics is not None:
+                self.metrics.forget_task_labels(oldest)
+        self.sets[task] = {"images": torch.zeros((0, *like.shape[1:]), dtype=torch.uint8),
+                           "labels": torch.zeros(0, dtype=torch.long)}
+        return self.sets[task]
+
+    # Measuring --------------------------------------------------------------------------------------
+    def on_task_end(self, learner, task: int) -> None:
+        """Remembers the features of the task's probe set at its end: the drift reference."""
+        if task in self.sets and len(self.sets[task]["images"]):
+            self.reference[task] = embed_task(learner, self.sets[task]["images"], task)
+
+    def maybe_measure(self, learner, step: int, force: bool = False) -> dict | None:
+        if not self.sets or (not force and step - self.last_step < self.every_steps):
+            return None
+        self.last_step = step
+        current = learner.task
+        accuracy, drift = {}, {}
+        for task, probe in self.sets.items():
+            if not len(probe["images"]):
+                continue
+            feats = embed_task(learner, probe["images"], task)
+            acc = _knn_on_probe(feats, probe["labels"])
+            if acc is not None:
+                accuracy[task] = acc
+                self.best[task] = max(self.best.get(task, acc), acc)
+            ref = self.reference.get(task)
+            if ref is not None and len(ref) >= MIN_ROWS:  # debiased CKA needs n > 3
+                cka = float(linear_cka(feats[: len(ref)], ref, debiased=True))
+                drift[task] = min(1.0, max(0.0, 1.0 - cka))  # the debiased estimate may leave [0, 1] a bit
+        forgetting = {t: self.best[t] - a for t, a in accuracy.items() if t < current}
+        forgetting_mean = sum(forgetting.values()) / len(forgetting) if forgetting else 0.0
+        if accuracy:
+            self.matrix[current] = dict(accuracy)
+        result = {"step": step, "task": current, "accuracy": accuracy, "forgetting": forgetting,
+                  "forgetting_mean": forgetting_mean, "drift": drift}
+        self._export(result)
+        return result
+
+    def _export(self, result: dict) -> None:
+        rows = [(GLOBAL, "forgetting_mean", result["forgetting_mean"])]
+        for name in ("accuracy", "forgetting", "drift"):
+            rows += [(task, name, value) for task, value in result[name].items()]
+        if self.metrics is not None:
+            m = self.metrics
+            gauges = {"accuracy": m.probe_accuracy, "forgetting": m.probe_forgetting, "drift": m.representation_drift}
+            for task, name, value in rows[1:]:
+                gauges[name].labels(str(task)).set(value)
+            m.forgetting_mean.set(result["forgetting_mean"])
+            for name in ("streamd_loss", "streamd_images_per_second"):  # for the report's loss/throughput plots
+                value = m.registry.get_sample_value(name)
+                if value is not None:
+                    rows.append((GLOBAL, name.removeprefix("streamd_"), value))
+        if self.history is not None:
+            now = time.time()
+            self.history.append([{"step": result["step"], "time": now, "task": task, "current_task": result["task"],
+                                  "metric": name, "value": float(value)} for task, name, value in rows])
+
+    # State ------------------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {"sets": {t: dict(s) for t, s in self.sets.items()}, "reference": dict(self.reference),
+                "best": dict(self.best), "matrix": {i: dict(r) for i, r in self.matrix.items()},
+                "last_step": self.last_step, "rng": self.rng.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.sets = {t: dict(s) for t, s in state.get("sets", {}).items()}
+        self.reference = dict(state.get("reference", {}))
+        self.best = dict(state.get("best", {}))
+        self.matrix = {i: dict(r) for i, r in state.get("matrix", {}).items()}
+        self.last_step = state.get("last_step", 0)
+        if "rng" in state:
+            self.rng.set_state(state["rng"])
+
+
+def _knn_on_probe(feats: torch.Tensor, labels: torch.Tensor) -> float | None:
+    """kNN accuracy with every other labelled row of each class as the bank, the rest as queries."""
+    rows = (labels >= 0).nonzero().flatten()
+    if len(rows) < MIN_ROWS or labels[rows].unique().numel() < 2:
+        return None
+    rows = rows[labels[rows].argsort(stable=True)]  # grouped by class, so both halves hold every class
+    bank, queries = rows[0::2], rows[1::2]
+    return knn_accuracy(feats[bank], labels[bank], feats[queries], labels[queries])
+
+
+class History:
+    """Append-only Parquet history: one part file per append, merged into one after ``compact_after``
+    parts. A crash during a merge can leave duplicate rows; ``read_history`` drops them."""
+
+    def __init__(self, folder: Path, compact_after: int = 64):
+        self.folder = folder
+        self.compact_after = compact_after
+        self.pending: list[dict] = []
+
+    def append(self, rows: list[dict]) -> None:
+        self.pending += rows
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            parts = self._parts()
+            number = int(parts[-1].stem.split("-")[1]) + 1 if parts else 0
+            self._write(pa.Table.from_pylist(self.pending, HISTORY_SCHEMA), number)
+            self.pending = []
+            if len(parts) + 1 > self.compact_after:
+                self._write(read_history(self.folder), number)  # over the newest part, then drop the rest
+                for old in parts:
+                    old.unlink()
+        except OSError:
+            log.exception("probe history write failed; %d rows kept for the next try", len(self.pending))
+
+    def _parts(self) -> list[Path]:
+        return sorted(self.folder.glob("part-*.parquet"))
+
+    def _write(self, table: pa.Table, number: int) -> None:
+        tmp = self.folder / f".part-{number:09d}.tmp"
+        pq.write_table(table, tmp)
+        os.replace(tmp, self.folder / f"part-{number:09d}.parquet")
+
+
+def read_history(path: Path) -> pa.Table:
+    """All rows of a history folder (or one Parquet file), duplicates dropped, ordered by step."""
+    path = Path(path)
+    files = sorted(path.glob("part-*.parquet")) if path.is_dir() else [path]
+    if not files:
+        return HISTORY_SCHEMA.empty_table()
+    table = pa.concat_tables([pq.read_table(f, schema=HISTORY_SCHEMA) for f in files])
+    grouped = table.group_by(["step", "task", "current_task", "metric"], use_threads=False).aggregate(
+        [("time", "max"), ("value", "last")])
+    columns = {name: grouped[name] for name in ("step", "task", "current_task", "metric")}
+    columns.update(time=grouped["time_max"], value=grouped["value_last"])
+    return pa.table(columns, schema=HISTORY_SCHEMA).sort_by([("step", "ascending"), ("metric", "ascending"),
+                                                             ("task", "ascending")])

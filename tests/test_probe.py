@@ -1,0 +1,137 @@
+import io
+
+import torch
+
+from publishing_fixtures import images, perturb, tiny_learner
+from streamd.metrics import Metrics
+from streamd.probe import Prober, read_history
+
+
+class StubLearner:
+    """Features we control: 'good' = mean brightness per channel (separates dark from bright
+    images), 'forgotten' = noise. embed_task calls ``embed`` when no plugin has per-task masks."""
+
+    plugins = []
+
+    def __init__(self):
+        self.task, self.mode = 0, "good"
+
+    def embed(self, imgs):
+        if self.mode == "good":
+            return imgs.float().mean((2, 3)) - 127.5
+        return torch.randn(len(imgs), 3, generator=torch.Generator().manual_seed(len(imgs)))
+
+
+def two_class_batch(n, seed):
+    """Labels alternate 0/1; class 0 dark, class 1 bright."""
+    labels = torch.arange(n) % 2
+    g = torch.Generator().manual_seed(seed)
+    base = torch.where(labels.view(-1, 1, 1, 1) == 1, 180, 40)
+    imgs = (base + torch.randint(0, 40, (n, 3, 8, 8), generator=g)).to(torch.uint8)
+    return imgs, labels
+
+
+def test_hold_out_keeps_a_small_bounded_random_share_per_task():
+    prober = Prober(per_task=40, hold_out_every=4)
+    ids = torch.arange(200, dtype=torch.uint8).view(-1, 1, 1, 1).expand(-1, 3, 2, 2)  # pixel value = row id
+    labels = torch.arange(200) % 2
+    trained = []
+    for start in range(0, 100, 20):  # 100 rows: about 25 held out
+        rest, rest_labels = prober.hold_out(ids[start:start + 20], labels[start:start + 20], task=0)
+        trained += rest[:, 0, 0, 0].tolist()
+        assert torch.equal(rest_labels, rest[:, 0, 0, 0].long() % 2)
+    held = prober.sets[0]["images"][:, 0, 0, 0].tolist()
+    assert 12 <= len(held) <= 38 and sorted(held + trained) == list(range(100))  # every row goes one way
+    assert set(prober.sets[0]["labels"].tolist()) == {0, 1}
+    rest, _ = prober.hold_out(ids[100:], labels[100:], task=0)
+    assert len(prober.sets[0]["images"]) == 40 and len(rest) == 100 - (40 - len(held))  # full, then bounded
+    assert len(prober.hold_out(ids[:50], labels[:50], task=0)[0]) == 50  # nothing more is held out
+    rest, rest_labels = prober.hold_out(ids[:20], None, task=1)
+    assert len(rest) + len(prober.sets[1]["images"]) == 20 and (rest_labels == -1).all()
+
+
+def test_accuracy_forgetting_matrix_metrics_and_history(tmp_path):
+    metrics = Metrics()
+    prober = Prober(per_task=32, every_steps=100, history_path=tmp_path / "history", metrics=metrics, hold_out_every=2)
+    learner = StubLearner()
+    for seed in range(4):
+        prober.hold_out(*two_class_batch(16, seed), task=0)
+    assert prober.maybe_measure(learner, step=50) is None  # not due yet
+    first = prober.maybe_measure(learner, step=100)
+    assert first["accuracy"] == {0: 1.0} and first["forgetting"] == {}
+    prober.on_task_end(learner, 0)
+    learner.task = 1
+    for seed in range(4, 8):
+        prober.hold_out(*two_class_batch(16, seed), task=1)
+    learner.mode = "forgotten"
+    second = prober.maybe_measure(learner, step=130, force=True)
+    assert second["accuracy"][0] < 0.9 and second["forgetting"][0] == 1.0 - second["accuracy"][0]
+    assert second["forgetting_mean"] == second["forgetting"][0] and 1 not in second["forgetting"]
+    assert second["drift"][0] > 0.2  # noise features vs the task-end reference
+    assert prober.matrix == {0: {0: 1.0}, 1: second["accuracy"]}
+    sample = metrics.registry.get_sample_value
+    assert sample("streamd_probe_accuracy_ratio", {"task": "0"}) == second["accuracy"][0]
+    assert sample("streamd_probe_forgetting_ratio", {"task": "0"}) == second["forgetting"][0]
+    assert sample("streamd_forgetting_mean_ratio") == second["forgetting_mean"]
+    assert sample("streamd_representation_drift_ratio", {"task": "0"}) == second["drift"][0]
+    rows = read_history(tmp_path / "history").to_pylist()
+    assert {(r["step"], r["task"], r["metric"], r["value"]) for r in rows if r["metric"] == "accuracy"} == {
+        (100, 0, "accuracy", 1.0), (130, 0, "accuracy", second["accuracy"][0]),
+        (130, 1, "accuracy", second["accuracy"][1])}
+    assert {r["metric"] for r in rows} >= {"accuracy", "forgetting", "forgetting_mean", "drift", "loss"}
+
+
+def test_state_round_trips_through_a_weights_only_checkpoint_load():
+    prober = Prober(per_task=8, hold_out_every=2)
+    learner = StubLearner()
+    prober.hold_out(*two_class_batch(16, 0), task=0)
+    prober.maybe_measure(learner, step=0, force=True)
+    prober.on_task_end(learner, 0)
+    buffer = io.BytesIO()
+    torch.save(prober.state_dict(), buffer)
+    restored = Prober(per_task=8, hold_out_every=2)
+    restored.load_state_dict(torch.load(io.BytesIO(buffer.getvalue()), weights_only=True))
+    assert torch.equal(restored.sets[0]["images"], prober.sets[0]["images"])
+    assert restored.best == prober.best and restored.matrix == prober.matrix and restored.last_step == 0
+    assert torch.equal(restored.reference[0], prober.reference[0])
+    prober.hold_out(*two_class_batch(4, 1), task=0)
+    restored.hold_out(*two_class_batch(4, 1), task=0)  # the hold-out phase continues where it was
+    assert torch.equal(restored.sets[0]["images"], prober.sets[0]["images"])
+
+
+def test_task_labels_stay_bounded():
+    metrics = Metrics()
+    prober = Prober(per_task=4, hold_out_every=1, metrics=metrics, max_tasks=2)
+    learner = StubLearner()
+    for task in range(3):
+        learner.task = task
+        prober.hold_out(*two_class_batch(4, task), task=task)
+        prober.maybe_measure(learner, step=task, force=True)
+    assert sorted(prober.sets) == [1, 2]
+    assert metrics.registry.get_sample_value("streamd_probe_accuracy_ratio", {"task": "0"}) is None
+    assert metrics.registry.get_sample_value("streamd_probe_accuracy_ratio", {"task": "2"}) == 1.0
+
+
+def test_history_compacts_without_losing_rows(tmp_path):
+    prober = Prober(per_task=8, hold_out_every=1, history_path=tmp_path / "h", metrics=Metrics())
+    prober.history.compact_after = 3
+    learner = StubLearner()
+    prober.hold_out(*two_class_batch(8, 0), task=0)
+    for step in range(7):
+        prober.maybe_measure(learner, step=step, force=True)
+    assert len(list((tmp_path / "h").glob("part-*.parquet"))) <= 3
+    rows = read_history(tmp_path / "h").to_pylist()
+    assert sorted({r["step"] for r in rows}) == list(range(7))
+    assert len(rows) == len({(r["step"], r["task"], r["metric"]) for r in rows})
+
+
+def test_real_learner_drift_is_zero_at_task_end_and_grows_with_training():
+    learner = tiny_learner()
+    prober = Prober(per_task=16, hold_out_every=1)
+    prober.hold_out(images(16, seed=3), None, task=0)
+    prober.on_task_end(learner, 0)
+    same = prober.maybe_measure(learner, step=0, force=True)
+    assert same["accuracy"] == {} and abs(same["drift"][0]) < 1e-6  # unlabelled: drift only
+    perturb(learner)
+    perturb(learner)
+    assert prober.maybe_measure(learner, step=1, force=True)["drift"][0] > 1e-3
