@@ -40,13 +40,17 @@ class KafkaSourceConfig(_Section):
     client_options: dict[str, Any] = Field(default_factory=dict,
                                            description="passed to KafkaConsumer (fetch sizes, timeouts, SSL files)")
 
-    def consumer_options(self) -> dict[str, Any]:
-        """kafka-python keyword arguments: the security settings plus the free-form options."""
+    def security_options(self) -> dict[str, Any]:
+        """The kafka-python security settings (shared by the consumer and the dead-letter producer)."""
         opts: dict[str, Any] = {"security_protocol": self.security_protocol}
         if self.sasl_mechanism:
             opts.update(sasl_mechanism=self.sasl_mechanism, sasl_plain_username=self.sasl_username,
                         sasl_plain_password=self.sasl_password.get_secret_value() if self.sasl_password else None)
-        return {**opts, **self.client_options}
+        return opts
+
+    def consumer_options(self) -> dict[str, Any]:
+        """KafkaConsumer keyword arguments: the security settings plus the free-form options."""
+        return {**self.security_options(), **self.client_options}
 
 
 class ParquetSourceConfig(_Section):
