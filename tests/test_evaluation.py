@@ -1,0 +1,112 @@
+"""kNN and linear probe on toy features; accuracy-matrix metrics against hand-computed values."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from streamd.data import Task
+from streamd.evaluation import (accuracy_row, average_accuracy, backward_transfer, forgetting, knn_accuracy,
+                                knn_predict, linear_probe_accuracy)
+
+
+def clusters(n_per_class: int, classes: list[int], dim: int = 16, seed: int = 0, spread: float = 0.3):
+    """Gaussian blobs around random unit directions, one per class: separable by angle."""
+    gen = torch.Generator().manual_seed(seed)
+    centres = torch.nn.functional.normalize(torch.randn(max(classes) + 1, dim, generator=torch.Generator().manual_seed(42)), dim=1)
+    labels = torch.tensor(classes).repeat_interleave(n_per_class)
+    return centres[labels] + spread * torch.randn(len(labels), dim, generator=gen) / dim ** 0.5, labels
+
+
+def test_knn_exceeds_90_percent_on_a_separable_toy_set():
+    train_x, train_y = clusters(100, list(range(5)), seed=0)
+    test_x, test_y = clusters(40, list(range(5)), seed=1)
+    assert knn_accuracy(train_x, train_y, test_x, test_y) > 0.9
+
+
+def test_knn_fails_on_shuffled_labels():
+    train_x, train_y = clusters(100, list(range(5)), seed=0)
+    test_x, test_y = clusters(40, list(range(5)), seed=1)
+    shuffled = train_y[torch.randperm(len(train_y), generator=torch.Generator().manual_seed(0))]
+    assert knn_accuracy(train_x, shuffled, test_x, test_y) < 0.5
+
+
+def test_knn_weights_votes_by_similarity_and_caps_k():
+    train = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.0, 1.0]])
+    labels = torch.tensor([7, 3, 3])
+    # Nearly aligned with the lone class-7 row: exp(0.99/0.1) outweighs two votes of exp(0.14/0.1).
+    query = torch.tensor([[0.99, 0.14]])
+    assert knn_predict(train, labels, query, k=200).tolist() == [7]
+    assert knn_predict(train, labels, query, k=3, temperature=100.0).tolist() == [3]   # ~ a plain majority vote
+    assert knn_predict(train, labels, query, k=1).tolist() == [7]
+
+
+def test_linear_probe_separates_and_keeps_original_labels():
+    train_x, train_y = clusters(60, [2, 5, 9], seed=0)
+    test_x, test_y = clusters(30, [2, 5, 9], seed=1)
+    assert linear_probe_accuracy(train_x, train_y, test_x, test_y) > 0.9
+    assert linear_probe_accuracy(train_x, train_y, test_x, (test_y + 1) % 10) < 0.1
+
+
+R = [[0.9, 0.1, 0.2],
+     [0.6, 0.8, 0.3],
+     [0.5, 0.7, 0.95]]
+
+
+def test_average_accuracy_is_the_mean_of_the_last_row():
+    assert average_accuracy(R) == pytest.approx((0.5 + 0.7 + 0.95) / 3)
+
+
+def test_forgetting_by_hand():
+    # task 0: best after learning it max(0.9, 0.6) = 0.9, final 0.5 -> 0.4
+    # task 1: best after learning it 0.8, final 0.7 -> 0.1 (row 0's 0.1 came before it was learned)
+    assert forgetting(R) == pytest.approx((0.4 + 0.1) / 2)
+    # a task that got better after it was learned: best earlier 0.6 < final 0.7 -> negative contribution
+    assert forgetting([[0.6, 0.0], [0.7, 0.9]]) == pytest.approx(-0.1)
+    assert forgetting([[0.8]]) == 0.0
+
+
+def test_backward_transfer_by_hand():
+    assert backward_transfer(R) == pytest.approx(((0.5 - 0.9) + (0.7 - 0.8)) / 2)
+    assert backward_transfer([[0.8]]) == 0.0
+
+
+class FlatLearner:
+    """Just what accuracy_row needs: features are the flattened images; optional per-task masks."""
+
+    def __init__(self, plugins=()):
+        self.plugins, self.task = list(plugins), 1
+
+    def embed(self, images):
+        return images.flatten(1).float()
+
+
+def toy_tasks(seed: int):
+    """Two class-incremental tasks whose 'images' are cluster points (classes 0,1 then 2,3)."""
+    out = []
+    for t, classes in enumerate([[0, 1], [2, 3]]):
+        x, y = clusters(30, classes, dim=8, seed=seed + t)
+        out.append(Task(t, x.view(-1, 2, 2, 2), y))
+    return out
+
+
+def test_task_aware_and_agnostic_rows():
+    train, test = toy_tasks(0), toy_tasks(10)
+    learner = FlatLearner()
+    assert accuracy_row(learner, train, test, seen=1, mode="aware") == [1.0, 1.0]
+    # After task 0 only, the agnostic bank has no class of task 1: it can never be right there.
+    assert accuracy_row(learner, train, test, seen=0, mode="agnostic") == [1.0, 0.0]
+    assert accuracy_row(learner, train, test, seen=1, mode="agnostic", classifier="linear") == [1.0, 1.0]
+
+
+def test_per_task_masks_are_used_for_each_task_and_restored():
+    class Masks:
+        def __init__(self):
+            self.calls = []
+
+        def use_task(self, learner, t):
+            self.calls.append(t)
+
+    masks = Masks()
+    accuracy_row(FlatLearner([masks]), toy_tasks(0), toy_tasks(10), seen=1)
+    used = masks.calls[0::2]
+    assert sorted(set(used)) == [0, 1] and set(masks.calls[1::2]) == {1}
