@@ -59,16 +59,22 @@ class KafkaSource:
         self._buffer: deque[Record] = deque()
         self._acks: dict[str, AckedPrefix] = {}
         self._targets: dict[str, tuple[int, dict]] = {}   # checkpoint positions of not-yet-assigned partitions
+        self._fetched_next: dict[str, int] = {}   # offset after the last message fetched, per partition
+        self._revoked: set[str] = set()           # revoked, new assignment not yet known
         self._consumer.subscribe([topic], listener=_Rebalance(self))
 
     # -- Source ------------------------------------------------------------------------------
     def poll(self, max_records: int, timeout_s: float) -> list[Record]:
         self._poll_consumer(int(timeout_s * 1000), fetch=len(self._buffer) < max_records)
-        out = []
+        out, held = [], []
         while self._buffer and len(out) < max_records:
             record = self._buffer.popleft()
+            if record.position.key in self._revoked:    # mid-rebalance: may belong to another member
+                held.append(record)
+                continue
             self._acks.setdefault(record.position.key, AckedPrefix()).handed_out(record.position)
             out.append(record)
+        self._buffer.extendleft(reversed(held))
         return out
 
     def ack(self, records: list[Record]) -> None:
@@ -159,6 +165,7 @@ class KafkaSource:
                 for record in self._records(tp, message):
                     if not tracker.skip(record.position):
                         self._buffer.append(record)
+                self._fetched_next[_key(tp)] = message.offset + 1
 
     def _records(self, tp: TopicPartition, message) -> list[Record]:
         headers = from_kafka_headers(message.headers)
@@ -178,23 +185,32 @@ class KafkaSource:
         self._consumer.seek(_tp(key), offset)
         self._acks[key] = AckedPrefix(offset, partial)
         self._drop_buffered({key})
+        self._fetched_next.pop(key, None)
         self._targets.pop(key, None)
 
     def _drop_buffered(self, keys: set[str]) -> None:
         self._buffer = deque(r for r in self._buffer if r.position.key not in keys)
 
     def _on_revoked(self, revoked) -> None:
-        """Un-acked records of revoked partitions belong to the new owner, which resumes at the
-        group's committed offset; this member forgets them so it never commits for them."""
-        keys = {_key(tp) for tp in revoked}
-        self._drop_buffered(keys)
-        for key in keys:
-            self._acks.pop(key, None)
+        """Holds the revoked partitions' records back until the new assignment is known."""
+        self._revoked |= {_key(tp) for tp in revoked}
 
     def _on_assigned(self, assigned) -> None:
-        for tp in assigned:
-            if _key(tp) in self._targets:
-                self._apply(_key(tp), self._targets[_key(tp)])
+        """Partitions gone to another member: forget their buffered records and acks (the new owner
+        resumes at the group's committed offset; this member never commits for them). Partitions
+        kept: continue right after what was fetched, whatever position the client kept."""
+        keys = {_key(tp) for tp in assigned}
+        gone = self._revoked - keys
+        self._drop_buffered(gone)
+        for key in gone:
+            self._acks.pop(key, None)
+            self._fetched_next.pop(key, None)
+        self._revoked = set()
+        for key in keys:
+            if key in self._targets:
+                self._apply(key, self._targets[key])
+            elif key in self._fetched_next:
+                self._consumer.seek(_tp(key), self._fetched_next[key])
 
 
 class _Rebalance(ConsumerRebalanceListener):
@@ -216,8 +232,10 @@ class KafkaSink:
         self.topic = topic
         self._producer = KafkaProducer(bootstrap_servers=bootstrap_servers, **options)
 
-    def send(self, payload: bytes, headers: dict[str, str], key: bytes | None = None, wait: bool = False) -> None:
-        future = self._producer.send(self.topic, value=payload, key=key, headers=kafka_headers(headers))
+    def send(self, payload: bytes, headers: dict[str, str], key: bytes | None = None, partition: int | None = None,
+             wait: bool = False) -> None:
+        future = self._producer.send(self.topic, value=payload, key=key, partition=partition,
+                                     headers=kafka_headers(headers))
         if wait:
             future.get(timeout=30)
 
