@@ -9,6 +9,7 @@ in a long-running daemon's config should never be silently ignored.
 from __future__ import annotations
 
 import json
+import tomllib
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -150,6 +151,7 @@ class SnapshotConfig(_Section):
 class ProbeConfig(_Section):
     per_task: int = Field(64, ge=0)
     every_steps: int = Field(200, ge=1)
+    history_dir: Path | None = Path("./var/probe-history")
 
 
 class ApiConfig(_Section):
@@ -205,6 +207,8 @@ def load_config(path: str | Path | None = None, **overrides) -> StreamdConfig:
         return bound(**overrides)
     except ValidationError as e:
         raise ConfigError(format_errors(e)) from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"config file {path} is not valid TOML: {e}") from None
 
 
 def format_errors(error: ValidationError) -> str:

@@ -1,0 +1,90 @@
+"""The daemon as a real process on a directory source: a whole stream, bad input, SIGTERM, a full disk."""
+from __future__ import annotations
+
+import json
+import signal
+import time
+from pathlib import Path
+
+from daemon_fixtures import consumed_count, produce_dir, read_audit, start_daemon, wait_until, write_config
+
+from streamd.checkpoint import load_checkpoint
+
+TASKS, PER_TASK = 3, 40
+
+
+def file_positions(inbox: Path) -> dict[str, str]:
+    """relative path -> the position string the directory source gives it."""
+    return {p.relative_to(inbox).as_posix(): f"{p.relative_to(inbox).as_posix()}@{p.stat().st_ctime_ns}"
+            for p in sorted(inbox.rglob("*")) if p.is_file() and p.suffix != ".json" and not p.name.startswith(".")}
+
+
+def write_bad_files(inbox: Path) -> dict[str, str]:
+    """Broken inputs next to the good ones (task folder of the last task): name -> expected reason family."""
+    folder = inbox / f"task-{TASKS - 1:03d}"
+    png = next(folder.glob("*.png")).read_bytes()
+    bad = {"zz-corrupt.png": b"\x89PNG\r\n\x1a\n" + b"garbage" * 20, "zz-empty.png": b"",
+           "zz-truncated.png": png[: len(png) // 2], "zz-text.jpg": b"hello, not an image"}
+    for name, payload in bad.items():
+        (folder / name).write_bytes(payload)
+    return {f"{folder.name}/{name}" for name in bad}
+
+
+def test_daemon_consumes_a_task_stream_finds_header_boundaries_and_dead_letters_bad_files(tmp_path):
+    inbox = tmp_path / "inbox"
+    produce_dir(inbox, TASKS, PER_TASK)
+    bad = write_bad_files(inbox)
+    positions = file_positions(inbox)
+    daemon = start_daemon(write_config(tmp_path), exit_when_idle=1.5)
+    summary = daemon.wait(timeout=150)
+
+    assert summary["records_seen"] == TASKS * PER_TASK + len(bad)
+    assert summary["records_decoded"] == TASKS * PER_TASK
+    assert summary["records_dead_lettered"] == len(bad)
+    assert summary["tasks"] == TASKS and list(summary["task_ids"]) == [f"task-{t:03d}" for t in range(TASKS)]
+    assert [b["kind"] for b in summary["boundaries"]] == ["header"] * (TASKS - 1)
+    first_of_task = {t: min(p for p in positions if p.startswith(f"task-{t:03d}/")) for t in range(1, TASKS)}
+    assert [b["position"] for b in summary["boundaries"]] == [positions[first_of_task[t]] for t in range(1, TASKS)]
+    assert summary["steps"] >= TASKS * PER_TASK // 16 - 2 and summary["checkpoints"] >= TASKS
+    assert summary["snapshots"] >= TASKS and summary["checkpoint_failures"] == 0
+
+    sidecars = [json.loads(p.read_text()) for p in (tmp_path / "dead").glob("*.json")]
+    assert {s["position"]["key"] for s in sidecars} == bad
+    assert all(s["reason"] and " " not in s["reason"] for s in sidecars)
+    assert set(summary["dead_letter_reasons"]) == {s["reason"] for s in sidecars}
+    (run,) = read_audit(tmp_path / "audit.log")
+    assert sorted(run.positions) == sorted(positions.values()) and not run.tail
+    state = load_checkpoint(tmp_path / "ckpt")
+    assert state["counters"]["records_seen"] == summary["records_seen"]
+    assert state["learner"]["counters"]["step"] == summary["steps"]
+    assert "img/s" in daemon.log(), "progress lines while it runs"
+
+
+def test_sigterm_finishes_the_step_checkpoints_and_exits_zero(tmp_path):
+    inbox = tmp_path / "inbox"
+    produce_dir(inbox, 2, 200)
+    daemon = start_daemon(write_config(tmp_path))  # runs until signalled
+    wait_until(lambda: consumed_count(tmp_path / "audit.log") >= 48, 120, "three steps", daemon)
+    signalled = time.monotonic()
+    daemon.kill(signal.SIGTERM)
+    summary = daemon.wait(timeout=30)
+    assert time.monotonic() - signalled < 20
+    lines = (tmp_path / "audit.log").read_text().splitlines()
+    assert lines[-1].startswith("checkpoint\t"), "the last thing done is the shutdown checkpoint"
+    state = load_checkpoint(tmp_path / "ckpt")
+    assert state["learner"]["counters"]["step"] == summary["steps"]
+    assert state["counters"]["records_seen"] == consumed_count(tmp_path / "audit.log") < 400
+    assert "SIGTERM received" in daemon.log()
+
+
+def test_checkpoint_failure_is_counted_and_training_goes_on_without_commit(tmp_path):
+    inbox = tmp_path / "inbox"
+    produce_dir(inbox, 2, 24)
+    daemon = start_daemon(write_config(tmp_path), exit_when_idle=1.0,
+                          env={"STREAMD_TEST_FAULTS": "checkpoint_enospc"})
+    summary = daemon.wait(timeout=120)
+    assert summary["records_seen"] == 48 and summary["images_trained"] > 0
+    assert summary["checkpoints"] == 0 and summary["checkpoint_failures"] >= 2
+    assert load_checkpoint(tmp_path / "ckpt") is None
+    assert "No space left on device" in daemon.log()
+    assert not any(line.startswith("checkpoint") for line in (tmp_path / "audit.log").read_text().splitlines())
