@@ -4,4 +4,4 @@ from streamd.plugins import replay, lump  # noqa: F401,E402  (registration)
 
 __all__ = ["PLUGINS", "Plugin", "build_plugins", "register"]
 from streamd.plugins import cassle, kaizen, regularization  # noqa: F401,E402  (registration)
-from streamd.plugins import freeze  # noqa: F401,E402  (registration)
+from streamd.plugins import freeze, exssnet  # noqa: F401,E402  (registration)

@@ -1,0 +1,225 @@
+"""ExSSNeT (Yadav & Bansal 2023) on SupSup supermasks, driven by the SSL objective.
+
+The encoder is converted to supermask layers (models/supermask.py): one mask "slot" per task.
+A task runs through phases, counted in steps because a stream's length is unknown:
+
+- ``select`` (every task but the first): the encoder is fixed while ``select_batches`` stream
+  batches are kept; then KKT picks the earlier slot whose mask fits them best and copies its
+  scores as the new slot's start. The test is leave-one-out kNN accuracy of the slot's features
+  when at least half the kept images carry labels, else the lowest SSL loss (eval mode, no
+  update anywhere). The kept images were never trained on by the earlier masks, so for them
+  they are held out.
+- ``scores`` (``score_steps`` steps): only the slot's scores learn; every weight is fixed.
+- ``weights`` (until the task ends): only weights in ``mask_t AND NOT union(earlier masks)``
+  learn; the rest are reset after each optimizer step, so earlier tasks' weights stay
+  bit-identical (momentum and weight decay included).
+
+A task id seen before reuses its slot with the encoder fixed (its weights are now shared).
+Inference: ``use_task(learner, task)`` when the task id is known (e.g. from a header), else
+``infer_task`` picks the slot with the lowest SSL loss on the images (chosen over SupSup's
+one-shot entropy gradient because SSL has no classifier to take an entropy of).
+The projection/prediction heads are shared and always train; only encoder features are per task.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from models.objectives import MomentumObjective
+from models.supermask import add_slot, masked_layers, num_slots, to_supermask, use_slot
+from streamd.plugins.base import Plugin, register
+
+PHASES = ("select", "scores", "weights", "fixed")
+
+
+def knn_loo_accuracy(feats: torch.Tensor, labels: torch.Tensor, k: int = 10) -> float:
+    """Leave-one-out kNN accuracy (cosine, similarity-weighted votes, as in the kNN monitor)."""
+    feats = F.normalize(feats.float(), dim=1)
+    sim = feats @ feats.T
+    sim.fill_diagonal_(float("-inf"))
+    k = min(k, len(labels) - 1)
+    top_sim, top_idx = sim.topk(k, dim=1)
+    votes = torch.zeros(len(labels), int(labels.max()) + 1)
+    votes.scatter_add_(1, labels[top_idx], (top_sim / 0.1).exp())
+    return float((votes.argmax(1) == labels).float().mean())
+
+
+@register("exssnet")
+class ExSSNeTPlugin(Plugin):
+    def __init__(self, density: float = 0.1, score_steps: int = 100, select_batches: int = 2, knn_k: int = 10):
+        self.density = density
+        self.score_steps = score_steps
+        self.select_batches = select_batches
+        self.knn_k = knn_k
+        self.slots: dict[int, int] = {}        # task id -> mask slot
+        self.slot = 0                          # the slot being trained
+        self.phase = "scores"
+        self.steps_in_phase = 0
+        self.kept: list[tuple[torch.Tensor, torch.Tensor]] = []   # (uint8 images, labels) for KKT
+        self.history: list[dict] = []          # KKT decisions: task, candidate slots, scores, chosen
+        self.flags_stale = False               # requires_grad flags to re-apply at the next step
+
+    # Setup and task boundaries ------------------------------------------------------------------
+    def setup(self, learner):
+        self.learner = learner
+        to_supermask(learner.encoder, self.density)
+        self._rebuild_target()
+        self._apply_phase()
+
+    def _rebuild_target(self) -> None:
+        if isinstance(self.learner.objective, MomentumObjective):
+            self.learner.objective.build_target()  # the EMA copy must have the same slots
+
+    def on_task_start(self, learner, task):
+        if task in self.slots:
+            self.slot, phase = self.slots[task], "fixed"
+        else:
+            self.slot = len(self.slots)
+            if self.slot >= num_slots(learner.encoder):
+                add_slot(learner.encoder)
+                self._rebuild_target()
+            self.slots[task] = self.slot
+            phase = "select" if self.slot > 0 else "scores"
+        self.kept = []
+        self._enter(phase)
+
+    def _enter(self, phase: str) -> None:
+        self.phase, self.steps_in_phase = phase, 0
+        self._apply_phase()
+        self.learner.rebuild_optimizer()
+
+    def _apply_phase(self) -> None:
+        """Which encoder tensors learn in this phase (the heads always do)."""
+        use_slot(self.learner.objective, self.slot)
+        for layer in masked_layers(self.learner.encoder):
+            layer.weight.requires_grad_(self.phase == "weights")
+            layer.restrict_learning(None)
+            for i, scores in enumerate(layer.scores):
+                scores.requires_grad_(self.phase == "scores" and i == self.slot)
+
+    def _restrict_to_free_weights(self) -> None:
+        """Phase 2 region: this slot's mask minus every other trained slot's mask."""
+        others = [s for s in self.slots.values() if s != self.slot]
+        with torch.no_grad():
+            for layer in masked_layers(self.learner.encoder):
+                region = layer.mask(self.slot).bool()
+                for s in others:
+                    region &= ~layer.mask(s).bool()
+                layer.restrict_learning(region)
+
+    # Steps -------------------------------------------------------------------------------------
+    def before_step(self, learner, batch):
+        if self.flags_stale:
+            self._apply_phase()
+            self.flags_stale = False
+        use_slot(learner.objective, self.slot)  # evaluation may have switched slots
+        if self.phase == "weights" and masked_layers(learner.encoder)[0].region is None:
+            self._restrict_to_free_weights()    # lazily: also right after a restore
+        return batch
+
+    def after_step(self, learner, batch, out):
+        self.steps_in_phase += 1
+        if self.phase == "weights":
+            for layer in masked_layers(learner.encoder):
+                layer.reset_outside_region()
+        elif self.phase == "select":
+            n = batch.n_stream
+            self.kept.append((batch.images[:n].cpu(), batch.labels[:n].cpu()))
+            if len(self.kept) >= self.select_batches:
+                self.select(learner)
+                self._enter("scores")
+        elif self.phase == "scores" and self.steps_in_phase >= self.score_steps:
+            self._enter("weights")
+
+    # KKT ---------------------------------------------------------------------------------------
+    def select(self, learner) -> int:
+        """Copies the best-fitting earlier slot's scores into the current slot; returns that slot."""
+        images = torch.cat([i for i, _ in self.kept])
+        labels = torch.cat([lab for _, lab in self.kept])
+        candidates = sorted(s for s in self.slots.values() if s != self.slot)
+        labelled = labels >= 0
+        by_knn = 2 * int(labelled.sum()) >= len(labels) and int(labelled.sum()) > 2
+        if by_knn:
+            fits = [knn_loo_accuracy(self._features(learner, images[labelled], s), labels[labelled], self.knn_k)
+                    for s in candidates]
+            best = candidates[max(range(len(fits)), key=fits.__getitem__)]
+        else:
+            fits = self.ssl_losses(learner, images, candidates)
+            best = candidates[min(range(len(fits)), key=fits.__getitem__)]
+        with torch.no_grad():
+            for layer in masked_layers(learner.encoder):
+                layer.scores[self.slot].copy_(layer.scores[best])
+        self.history.append({"task": learner.task, "candidates": candidates, "fits": fits, "chosen": best,
+                             "by": "knn" if by_knn else "ssl"})
+        self.kept = []
+        return best
+
+    def _features(self, learner, images: torch.Tensor, slot: int) -> torch.Tensor:
+        use_slot(learner.objective, slot)
+        try:
+            return learner.embed(images)
+        finally:
+            use_slot(learner.objective, self.slot)
+
+    @torch.no_grad()
+    def ssl_losses(self, learner, images: torch.Tensor, slots: list[int]) -> list[float]:
+        """Eval-mode SSL loss of each slot on the same two views of ``images`` (no state changes)."""
+        objective = learner.objective
+        was_training = objective.training
+        devices = [learner.device] if learner.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            views = learner.views_of(images.to(learner.device))
+        objective.eval()
+        losses = []
+        for s in slots:
+            use_slot(objective, s)
+            with learner.autocast():
+                losses.append(float(objective(*views).loss))
+        use_slot(objective, self.slot)
+        objective.train(was_training)
+        return losses
+
+    # Inference ---------------------------------------------------------------------------------
+    def use_task(self, learner, task: int) -> None:
+        """Evaluate with ``task``'s own mask and BN statistics (the next training step switches back)."""
+        use_slot(learner.objective, self.slots[task])
+
+    def infer_task(self, learner, images: torch.Tensor) -> int:
+        """The known task whose mask gives the lowest SSL loss on ``images`` (no task header)."""
+        tasks = sorted(self.slots)
+        losses = self.ssl_losses(learner, images, [self.slots[t] for t in tasks])
+        return tasks[min(range(len(tasks)), key=losses.__getitem__)]
+
+    # State -------------------------------------------------------------------------------------
+    def state_dict(self):
+        return {"slots": dict(self.slots), "slot": self.slot, "phase": self.phase,
+                "steps_in_phase": self.steps_in_phase, "num_slots": num_slots(self.learner.encoder),
+                "kept_images": [i for i, _ in self.kept], "kept_labels": [lab for _, lab in self.kept],
+                "history": self.history}
+
+    def load_state_dict(self, state):
+        if not state:
+            return
+        encoder = self.learner.encoder
+        while num_slots(encoder) < state["num_slots"]:
+            add_slot(encoder)
+        self._rebuild_target()
+        self.slots, self.slot = dict(state["slots"]), state["slot"]
+        self.phase, self.steps_in_phase = state["phase"], state["steps_in_phase"]
+        self.kept = list(zip(state["kept_images"], state["kept_labels"]))
+        self.history = state["history"]
+        self._apply_phase()
+        self.learner.rebuild_optimizer()
+        self.flags_stale = True  # Learner.load_state_dict's freeze_prefix() then marks every tensor trainable
+
+    def metrics(self):
+        layers = masked_layers(self.learner.encoder)
+        used = total = 0
+        with torch.no_grad():
+            for layer in layers:
+                union = torch.zeros_like(layer.weight, dtype=torch.bool)
+                for s in self.slots.values():
+                    union |= layer.mask(s).bool()
+                used, total = used + int(union.sum()), total + union.numel()
+        return {"exssnet_tasks": float(len(self.slots)), "exssnet_phase": float(PHASES.index(self.phase)),
+                "exssnet_used_weight_ratio": used / max(total, 1)}

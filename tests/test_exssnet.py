@@ -1,0 +1,166 @@
+"""ExSSNeT: supermask layers, protected earlier tasks, KKT selection, persistence."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from models.supermask import MaskedConv2d, MaskedLinear, MultitaskBatchNorm2d, masked_layers, to_supermask
+from streamd.checkpoint import load_checkpoint, save_checkpoint
+from streamd.learner import build_learner
+
+TINY = {"arch": "resnet_tiny", "image_size": 16, "objective": "simsiam",
+        "objective_kwargs": {"proj_hidden": 128, "proj_dim": 64, "pred_hidden": 32}}
+
+
+def make_learner(**options):
+    torch.manual_seed(0)
+    options = {"score_steps": 1, "select_batches": 1, **options}
+    return build_learner(**TINY, strategy="exssnet", plugin_options={"exssnet": options}, device="cpu")
+
+
+def noise(seed: int, n: int = 8):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 256, (n, 3, 16, 16), dtype=torch.uint8, generator=g)
+
+
+def stripes(seed: int, n: int = 16):
+    """Dark images, class 0 = horizontal stripes, class 1 = vertical (labels returned)."""
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.randint(0, 2, (n,), generator=g)
+    offset = torch.randint(0, 4, (n, 1), generator=g)
+    wave = ((torch.arange(16) + offset) // 2 % 2).float()                   # (n, 16)
+    img = torch.where(labels.view(n, 1, 1) == 0, wave[:, :, None].expand(n, 16, 16), wave[:, None, :].expand(n, 16, 16))
+    img = img[:, None].expand(n, 3, 16, 16) * 50 + torch.rand(n, 3, 16, 16, generator=g) * 20
+    return img.to(torch.uint8), labels
+
+
+def bright_noise(seed: int, n: int = 16):
+    g = torch.Generator().manual_seed(seed)
+    return (150 + torch.rand(n, 3, 16, 16, generator=g) * 105).to(torch.uint8), torch.randint(0, 2, (n,), generator=g)
+
+
+# Layers ---------------------------------------------------------------------------------------
+
+def test_conversion_gives_masks_of_the_configured_density_and_per_task_non_affine_bn():
+    learner = make_learner(density=0.2)
+    enc = learner.encoder
+    assert not any(type(m) is nn.Conv2d for m in enc.modules())
+    norms = [m for m in enc.modules() if isinstance(m, MultitaskBatchNorm2d)]
+    assert len(norms) == 12 and all(not m.affine for m in enc.modules() if isinstance(m, nn.BatchNorm2d))
+    layers = masked_layers(enc)
+    assert len(layers) == 12 and all(isinstance(m, MaskedConv2d) for m in layers)
+    for layer in layers:
+        assert abs(float(layer.mask().detach().mean()) - 0.2) <= 1 / layer.weight.numel()
+    linear = to_supermask(nn.Sequential(nn.Linear(40, 30, bias=False)), density=0.1)[0]
+    assert isinstance(linear, MaskedLinear) and float(linear.mask().detach().sum()) == 120
+    with pytest.raises(NotImplementedError):
+        to_supermask(nn.Sequential(nn.LayerNorm(4)))
+
+
+def test_the_mask_passes_gradients_straight_through_to_the_scores():
+    layer = to_supermask(nn.Sequential(nn.Linear(6, 5, bias=False)), density=0.5)[0]
+    x = torch.randn(3, 6)
+    layer(x).sum().backward()
+    expected = (x.sum(0) * layer.weight.detach()) * torch.sign(layer.scores[0].detach())  # d/ds of w*m, m ~ |s|
+    assert torch.allclose(layer.scores[0].grad, expected, atol=1e-6)
+    assert layer.weight.grad is not None and (layer.weight.grad[layer.mask().detach() == 0] == 0).all()
+
+
+# Protection of earlier tasks -----------------------------------------------------------------
+
+def test_a_later_task_leaves_earlier_masks_weights_and_outputs_bit_identical():
+    learner = make_learner()                      # SGD with momentum 0.9 and weight decay
+    plugin = learner.plugin("exssnet")
+    probe = noise(100, n=6)
+    for s in range(3):                            # task 0: 1 step scores, 2 steps weights
+        learner.step(noise(s))
+    layers = masked_layers(learner.encoder)
+    masks0 = [m.mask(0).bool() for m in layers]
+    weights0 = [m.weight.detach().clone() for m in layers]
+    state0 = {k: v.clone() for k, v in learner.encoder.state_dict().items()}
+    feats0 = learner.embed(probe)
+
+    learner.begin_task(1)
+    learner.step(noise(10))                       # select (KKT copies slot 0's scores)
+    assert all(torch.equal(m.scores[1], m.scores[0]) for m in layers)
+    learner.step(noise(11))                       # scores phase
+    assert plugin.phase == "weights"
+    assert not all(torch.equal(m.scores[1], m.scores[0]) for m in layers)
+    learner.step(noise(12))
+    learner.step(noise(13))
+    for m in layers:                              # gradient only inside mask_1 and not mask_0
+        assert (m.weight.grad[~m.region] == 0).all()
+    assert any(m.region.any() and (m.weight.grad[m.region] != 0).any() for m in layers)
+
+    masks1 = [m.mask(1).bool() for m in layers]
+    changed = 0
+    for m, w0, k0, k1 in zip(layers, weights0, masks0, masks1):
+        assert torch.equal(m.weight[k0], w0[k0])              # earlier mask: bit-identical
+        assert torch.equal(m.weight[~(k0 | k1)], w0[~(k0 | k1)])  # unused weights too
+        changed += int((m.weight[k1 & ~k0] != w0[k1 & ~k0]).sum())
+    assert changed > 0                                        # the free part of mask_1 learned
+    after = learner.encoder.state_dict()
+    for key, value in state0.items():                         # slot 0's scores and BN statistics
+        if ".scores.0" in key or ".norms.0." in key:
+            assert torch.equal(after[key], value), key
+    plugin.use_task(learner, 0)
+    assert torch.equal(learner.embed(probe), feats0)
+    plugin.use_task(learner, 1)
+    assert not torch.equal(learner.embed(probe), feats0)
+
+
+# KKT -----------------------------------------------------------------------------------------
+
+def test_kkt_copies_the_scores_of_the_earlier_task_whose_data_matches():
+    learner = make_learner(score_steps=1)
+    plugin = learner.plugin("exssnet")
+    for task, data in enumerate([stripes, bright_noise]):      # 4 steps each: select/scores/weights
+        learner.begin_task(task)
+        for s in range(4):
+            learner.step(*data(100 * task + s))
+    learner.begin_task(2)
+    learner.step(*stripes(999, n=32))                         # task 2 looks like task 0
+    decision = plugin.history[-1]
+    assert decision["by"] == "knn" and decision["candidates"] == [0, 1]
+    assert decision["chosen"] == 0 and decision["fits"][0] > decision["fits"][1]
+    layers = masked_layers(learner.encoder)
+    assert all(torch.equal(m.scores[2], m.scores[0]) for m in layers)
+
+
+# Persistence ---------------------------------------------------------------------------------
+
+def test_all_plugin_state_survives_save_and_restore_bit_for_bit(tmp_path):
+    def roundtrip(learner, name):
+        save_checkpoint(tmp_path / name, 0, learner.state_dict())
+        return load_checkpoint(tmp_path / name)
+
+    def same_objective(a, b):
+        return all(torch.equal(x, y) for x, y in zip(a.objective.state_dict().values(), b.objective.state_dict().values()))
+
+    first = make_learner(select_batches=2)
+    for s in range(2):
+        first.step(noise(s))
+    first.begin_task(1)
+    first.step(noise(10))                          # mid-selection: one kept batch pending
+    selecting = roundtrip(first, "selecting")
+    for s in range(3):                             # selection ends, scores, weights
+        first.step(noise(11 + s))
+    training_weights = roundtrip(first, "weights")
+    first_after_three = {k: v.clone() for k, v in first.objective.state_dict().items()}
+    first.step(noise(14))
+
+    second = make_learner(select_batches=2)
+    second.load_state_dict(selecting)
+    for s in range(3):
+        second.step(noise(11 + s))
+    assert all(torch.equal(v, second.objective.state_dict()[k]) for k, v in first_after_three.items())
+    assert second.plugin("exssnet").history == first.plugin("exssnet").history
+
+    third = make_learner(select_batches=2)
+    third.load_state_dict(training_weights)
+    third.step(noise(14))
+    assert same_objective(first, third)
+    a, c = first.plugin("exssnet"), third.plugin("exssnet")
+    assert (a.slots, a.slot, a.phase, a.steps_in_phase) == (c.slots, c.slot, c.phase, c.steps_in_phase)
+    assert a.metrics() == c.metrics()
