@@ -1,0 +1,53 @@
+"""The benchmark commands run end to end and write what they promise."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from streamd.cli import build_parser
+from streamd.evaluation import average_accuracy, backward_transfer, forgetting
+from streamd.bench.throughput import measure
+
+RUN_KEYS = {"strategy", "acc_matrix", "avg_acc", "forgetting", "bwt", "step_seconds_median", "peak_memory_bytes",
+            "backward_flops_per_step", "linear_probe_avg_acc"}
+
+
+def test_bench_cl_quick_writes_json_and_png(tmp_path):
+    out, png = tmp_path / "r.json", tmp_path / "r.png"
+    cmd = [sys.executable, "-m", "streamd", "bench", "cl", "--quick", "--dataset", "digits", "--split", "class",
+           "--tasks", "2", "--steps-per-task", "2", "--batch-size", "16", "--strategies", "finetune,replay+lump",
+           "--seed", "1", "--out", str(out), "--plot", str(png)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert {k: result[k] for k in ("dataset", "objective", "split", "tasks", "steps_per_task", "seed", "arch",
+                                   "image_size", "batch_size")} == {
+        "dataset": "digits", "objective": "simsiam", "split": "class", "tasks": 2, "steps_per_task": 2, "seed": 1,
+        "arch": "resnet_tiny", "image_size": 16, "batch_size": 16}
+    assert result["machine"]["device"] == "cpu" and "peak_memory_method" in result["machine"]
+    assert [r["strategy"] for r in result["runs"]] == ["finetune", "replay+lump"]
+    for run in result["runs"]:
+        assert set(run) == RUN_KEYS
+        R = run["acc_matrix"]
+        assert len(R) == 2 and all(len(row) == 2 and all(0 <= a <= 1 for a in row) for row in R)
+        assert run["avg_acc"] == pytest.approx(average_accuracy(R))
+        assert run["forgetting"] == pytest.approx(forgetting(R))
+        assert run["bwt"] == pytest.approx(backward_transfer(R))
+        assert run["step_seconds_median"] > 0 and run["peak_memory_bytes"] > 0 and run["backward_flops_per_step"] > 0
+    # replay adds half a batch of replayed rows: more activations saved for backward than fine-tuning
+    assert result["runs"][1]["peak_memory_bytes"] > result["runs"][0]["peak_memory_bytes"]
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
+
+
+def test_bench_throughput_reports_rates_and_ratios(tmp_path):
+    args = build_parser().parse_args(["bench", "throughput", "--arch", "resnet_tiny", "--image-size", "16",
+                                      "--batch", "8", "--steps", "1", "--rounds", "1", "--device", "cpu"])
+    result = measure(args)
+    rates, ratios = result["images_per_second"], result["ratios"]
+    assert set(rates) == {"bare", "learner", "augment"} and all(r > 0 for r in rates.values())
+    assert ratios["learner_vs_bare"] == pytest.approx(rates["learner"] / rates["bare"])
+    assert ratios["augment_vs_learner"] == pytest.approx(rates["augment"] / rates["learner"])
+    assert set(result["passed"]) == {"learner_vs_bare", "augment_vs_learner"}
