@@ -20,7 +20,7 @@ from collections import deque
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.consumer.subscription_state import ConsumerRebalanceListener
-from kafka.errors import CommitFailedError, RebalanceInProgressError
+from kafka.errors import CommitFailedError, KafkaError, RebalanceInProgressError
 from kafka.structs import OffsetAndMetadata
 
 from connectors.acks import AckedPrefix
@@ -46,14 +46,14 @@ class KafkaSource:
     """A consumer-group member; see the module docstring for positions and liveness."""
 
     def __init__(self, bootstrap_servers: str, topic: str, group_id: str, max_poll_records: int = 256,
-                 client_options: dict | None = None, commit_retries: int = 5):
+                 client_options: dict | None = None, commit_retries: int = 5, commit_timeout_ms: int = 5000):
         options = {"auto_offset_reset": "earliest", **(client_options or {})}
         if options.pop("enable_auto_commit", False):
             raise ValueError("enable_auto_commit must stay off: offsets are committed after checkpoints")
         self.name = f"kafka:{topic}"
         self.topic = topic
         self.max_poll_records = max_poll_records
-        self.commit_retries = commit_retries
+        self.commit_retries, self.commit_timeout_ms = commit_retries, commit_timeout_ms
         self._consumer = KafkaConsumer(bootstrap_servers=bootstrap_servers, group_id=group_id,
                                        enable_auto_commit=False, max_poll_records=max_poll_records, **options)
         self._buffer: deque[Record] = deque()
@@ -103,6 +103,7 @@ class KafkaSource:
                 self._apply(key, target)
             else:
                 self._targets[key] = target
+                self._acks.pop(key, None)
 
     def commit(self, state: dict) -> bool:
         """Commits the state's offsets of the partitions still assigned, retrying across rebalances.
@@ -117,27 +118,35 @@ class KafkaSource:
             if not offsets:     # nothing this member owns (revoked partitions are the new owner's)
                 return True
             try:
-                self._consumer.commit(offsets)
+                self._consumer.commit(offsets, timeout_ms=self.commit_timeout_ms)
                 return True
             except (RebalanceInProgressError, CommitFailedError) as exc:
                 log.info("commit attempt %d failed (%s); completing the rebalance and retrying", attempt + 1, exc)
                 self._poll_consumer(200, fetch=False)
+            except KafkaError as exc:      # broker or coordinator unavailable: back off, never crash the daemon
+                log.info("commit attempt %d failed (%s); retrying", attempt + 1, exc)
+                time.sleep(0.2 * (attempt + 1))
         log.warning("offsets not committed after %d attempts; they will be re-read after a restart",
                     self.commit_retries)
         return False
 
     def lag(self) -> int | None:
+        """Records not yet finished on the assigned partitions; None while the broker cannot tell."""
         total = 0
-        for tp in self._consumer.assignment():
-            end = self._consumer.highwater(tp)
-            if end is None:
-                end = self._consumer.end_offsets([tp]).get(tp)
-            tracker = self._acks.get(_key(tp))
-            first = tracker.state()[0] if tracker else None
-            if first is None:
-                first = self._consumer.position(tp)
-            if end is not None and first is not None:
-                total += max(0, end - first)
+        try:
+            for tp in self._consumer.assignment():
+                end = self._consumer.highwater(tp)
+                if end is None:
+                    end = self._consumer.end_offsets([tp], timeout_ms=2000).get(tp)
+                tracker = self._acks.get(_key(tp))
+                first = tracker.state()[0] if tracker else None
+                if first is None:
+                    first = self._consumer.position(tp, timeout_ms=2000)
+                if end is not None and first is not None:
+                    total += max(0, end - first)
+        except KafkaError as exc:
+            log.debug("lag unknown: %s", exc)
+            return None
         return total
 
     def close(self) -> None:

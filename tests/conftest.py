@@ -10,6 +10,7 @@ import socket
 import subprocess
 import time
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -45,22 +46,28 @@ def wait_for_port(port: int, timeout_s: float = 20.0) -> None:
     raise TimeoutError(f"broker did not listen on port {port} within {timeout_s}s")
 
 
+@contextmanager
+def tansu_broker(log_path: Path):
+    """Runs a tansu broker on a free loopback port; yields ``(bootstrap address, process)``."""
+    port = free_port()
+    url = f"tcp://127.0.0.1:{port}"
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen([str(tansu_binary()), "broker", "--listener-url", url,
+                                 "--advertised-listener-url", url, "--storage-engine", "memory://tansu/"],
+                                stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "RUST_LOG": "warn"})
+        try:
+            wait_for_port(port)
+            yield f"127.0.0.1:{port}", proc
+        finally:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
 @pytest.fixture(scope="session")
 def kafka_broker(tmp_path_factory):
     """Bootstrap address ``127.0.0.1:PORT`` of a tansu broker running for the whole session."""
-    port = free_port()
-    url = f"tcp://127.0.0.1:{port}"
-    log = (tmp_path_factory.mktemp("tansu") / "broker.log").open("wb")
-    proc = subprocess.Popen([str(tansu_binary()), "broker", "--listener-url", url, "--advertised-listener-url", url,
-                             "--storage-engine", "memory://tansu/"],
-                            stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "RUST_LOG": "warn"})
-    try:
-        wait_for_port(port)
-        yield f"127.0.0.1:{port}"
-    finally:
-        proc.kill()
-        proc.wait(timeout=10)
-        log.close()
+    with tansu_broker(tmp_path_factory.mktemp("tansu") / "broker.log") as (bootstrap, _):
+        yield bootstrap
 
 
 def create_topic(bootstrap: str, partitions: int = 1, prefix: str = "t") -> str:

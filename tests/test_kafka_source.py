@@ -6,7 +6,7 @@ import json
 import time
 
 import numpy as np
-from conftest import FAST_CLIENT, create_topic
+from conftest import FAST_CLIENT, create_topic, tansu_broker
 from kafka import KafkaConsumer
 
 from connectors.base import ARROW_CONTENT_TYPE, CONTENT_TYPE_HEADER, Position, Record
@@ -208,3 +208,20 @@ def test_dead_letter_topic_keeps_payload_reason_and_position(kafka_broker, kafka
     assert message.value == b"\x00bad"
     assert headers[DEAD_LETTER_REASON_HEADER] == "corrupt" and headers[DEAD_LETTER_POSITION_HEADER] == "images:3@17#1"
     assert headers["streamd-task"] == "2" and headers[CONTENT_TYPE_HEADER] == "image/png"
+
+
+def test_commit_and_lag_survive_a_broker_outage(tmp_path):
+    with tansu_broker(tmp_path / "broker.log") as (bootstrap, broker):
+        topic = create_topic(bootstrap)
+        produce_images(bootstrap, topic, range(5))
+        source = KafkaSource(bootstrap, topic, "g-outage", client_options={**FAST_CLIENT, "request_timeout_ms": 3000},
+                             commit_retries=2, commit_timeout_ms=1000)
+        records = consume(source, 5)
+        broker.kill()
+        broker.wait()
+        start = time.monotonic()
+        assert source.commit(source.position_state()) is False          # logged, not raised
+        assert time.monotonic() - start < 15
+        assert source.poll(5, 0.2) == [] and source.lag() in (None, 0)
+        source.close()
+    assert offsets(records) == list(range(5))
