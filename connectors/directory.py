@@ -35,7 +35,7 @@ COMMIT_MODES = ("keep", "delete", "move")
 CONTENT_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".webp": "image/webp",
                  ".bmp": "image/bmp", ".gif": "image/gif", ".raw": "application/x-raw-uint8"}
 _SIDECAR_HEADERS = {"label": LABEL_HEADER, "task": TASK_HEADER, "shape": SHAPE_HEADER}
-_RESCAN_S = 0.2
+_RESCAN_S = 0.2          # idle rescan period, stretched to 5x the scan time so big trees cost <20% CPU
 
 Key = tuple[int, str]
 
@@ -73,6 +73,7 @@ class DirectorySource:
         self._queue: deque[Key] = deque()         # found, not yet handed out
         self._outstanding: dict[Key, bool] = {}   # handed out in order -> acked
         self._finished_paths: dict[Key, str] = {}  # finished files left to delete/move at commit
+        self._scan_seconds = 0.0
 
     # -- Source ------------------------------------------------------------------------------
     def poll(self, max_records: int, timeout_s: float) -> list[Record]:
@@ -84,7 +85,7 @@ class DirectorySource:
             if not self._queue:
                 if out or time.monotonic() >= deadline:
                     break
-                time.sleep(min(_RESCAN_S, max(0.0, deadline - time.monotonic())))
+                time.sleep(min(max(_RESCAN_S, 5 * self._scan_seconds), max(0.0, deadline - time.monotonic())))
                 continue
             key = self._queue.popleft()
             record = self._read(key)
@@ -140,6 +141,7 @@ class DirectorySource:
         return (self._hwm is not None and key <= self._hwm) or key in self._done
 
     def _scan(self) -> None:
+        started = time.monotonic()
         cutoff = time.time_ns() - self.settle_ns
         found = []
         for dirpath, dirnames, filenames in os.walk(self.root):
@@ -161,6 +163,7 @@ class DirectorySource:
                 elif key not in self._outstanding:
                     found.append(key)
         self._queue.extend(sorted(found))
+        self._scan_seconds = time.monotonic() - started
 
     def _read(self, key: Key) -> Record | None:
         rel = key[1]

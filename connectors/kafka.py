@@ -7,9 +7,9 @@ Positions are ``Position("topic:partition", offset, index, count)``; ``position_
 
 Slow steps and ``max_poll_interval_ms``: kafka-python leaves the group when ``poll()`` is not
 called within ``max_poll_interval_ms`` (default 300 s). Every ``KafkaSource.poll()`` polls the
-consumer, but fetches only while the internal buffer is short (so memory stays bounded by
-``max_poll_records`` plus one Arrow message); with a full buffer it polls with all partitions
-paused, which only heartbeats. Anything slow between two ``poll()`` calls (a checkpoint, a
+consumer, but fetches only while the internal buffer is short (so the buffer holds at most
+``max_poll_records`` messages beyond what was asked for; an Arrow message counts once but holds
+many images); with a full buffer it polls with all partitions paused, which only heartbeats. Anything slow between two ``poll()`` calls (a checkpoint, a
 snapshot) may call ``keepalive()`` to reset the timer the same way.
 """
 from __future__ import annotations

@@ -92,3 +92,18 @@ def test_dataset_tasks_into_kafka(kafka_broker, kafka_topic, capsys, fmt, messag
     expected = task_stream("digits", "class", 2, 12)
     assert [parse_label(r) for r in records] == [int(t.labels[i]) for t in expected for i in range(6)]
     assert (decode(records[7], 12) == expected[1].images[1]).all()
+
+
+def test_folder_tree_of_classes_into_folders(tmp_path, capsys):
+    from PIL import Image
+
+    for cls, shade in (("cat", 30), ("dog", 220)):
+        (tmp_path / "tree" / cls).mkdir(parents=True)
+        for i in range(3):
+            Image.new("RGB", (10, 10), (shade, shade, shade)).save(tmp_path / "tree" / cls / f"{i}.png")
+    summary = produce(capsys, "dir", "--out", str(tmp_path / "out"), "--dataset", f"imagefolder:{tmp_path / 'tree'}",
+                      "--tasks", "2", "--image-size", "10")
+    assert summary["images"] == 6 and summary["tasks"] == ["0", "1"]
+    records = read_dir(tmp_path / "out")
+    assert [(r.task, parse_label(r), int(decode(r, 10)[0, 0, 0])) for r in records] == \
+        [("task-000", 0, 30)] * 3 + [("task-001", 1, 220)] * 3
