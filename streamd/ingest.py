@@ -1,6 +1,7 @@
 """Record bytes -> uint8 RGB tensors (3,S,S), or a DecodeError with a short reason.
 
-The content type is a hint: the magic bytes decide (a PNG sent as image/jpeg still decodes).
+The content type is a hint: the magic bytes decide (a PNG sent as image/jpeg still decodes),
+except for raw uint8 pixels, which have no magic and are known by their declaration or shape header.
 Image dimensions are checked from the header BEFORE the pixels are decoded, so a
 decompression bomb costs nothing. Alpha is composited onto black (premultiplied), 16-bit and
 float images are scaled to 8 bit, palettes and grayscale are expanded to RGB, animations
@@ -65,7 +66,9 @@ def decode(record: Record, image_size: int, max_pixels: int = DEFAULT_MAX_PIXELS
         raise DecodeError("empty", "zero-size payload")
     declared = _declared(record)
     kind = sniff_content_type(record.payload)
-    if kind is None and declared == RAW_CONTENT_TYPE:
+    # Raw pixels can start like a magic number (white pixels look like Arrow, "BM" like a bitmap):
+    # a raw declaration wins, and bytes no magic claims are raw when they come with a shape.
+    if declared == RAW_CONTENT_TYPE or (kind is None and SHAPE_HEADER in record.headers):
         pixels = _raw_pixels(record, max_pixels)
         image = Image.fromarray(pixels[..., 0] if pixels.shape[2] == 1 else pixels)
     elif kind == ARROW_CONTENT_TYPE or (kind is None and declared == ARROW_CONTENT_TYPE):

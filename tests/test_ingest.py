@@ -87,6 +87,12 @@ def test_raw_uint8_with_shape_header():
     assert decode(record(payload, content_type, **{SHAPE_HEADER: "4,4,3"}), 9).shape == (3, 9, 9)
     gray = decode(record(bytes([9] * 12), "application/x-raw-uint8", **{SHAPE_HEADER: "3,4"}), 4)
     assert (gray == 9).all()
+    white = decode(record(b"\xff" * 12, "application/x-raw-uint8", **{SHAPE_HEADER: "2,2,3"}), 2)  # looks like Arrow
+    assert (white == 255).all()
+    bm = decode(record(b"BM" * 6, "application/x-raw-uint8", **{SHAPE_HEADER: "3,4"}), 4)            # looks like BMP
+    assert bm.shape == (3, 4, 4)
+    undeclared = decode(record(bytes([5] * 12), "", **{SHAPE_HEADER: "2,2,3"}), 2)
+    assert (undeclared == 5).all()
 
 
 @pytest.mark.parametrize("shape,payload_len", [(None, 12), ("3,x", 12), ("3,4", 11), ("3,4,2", 24), ("0,4", 1),

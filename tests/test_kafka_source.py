@@ -162,7 +162,7 @@ def test_keepalive_keeps_the_membership_through_a_step_longer_than_max_poll_inte
 
     def slow_step(source: KafkaSource, keepalive: bool) -> tuple:
         before = source._consumer.group_metadata()
-        for _ in range(12):                       # 3 s of "training", 1.5x max_poll_interval
+        for _ in range(16):                       # 4 s of "training", 2x max_poll_interval
             time.sleep(0.25)
             if keepalive:
                 source.keepalive()
