@@ -1,6 +1,7 @@
 """Tiny learners and a save/restore check shared by the continual-learning plugin tests."""
 from __future__ import annotations
 
+import pyarrow as pa
 import pytest
 import torch
 
@@ -46,8 +47,23 @@ def train(learner: Learner, task: int, steps: int, labels: torch.Tensor | None =
         learner.step(images(seed=seed + 100 * task + i), labels)
 
 
+def assert_same_state(a, b, path: str = "state") -> None:
+    """Nested plugin states (dicts, tensors, Arrow tables, plain values) are identical."""
+    if isinstance(a, dict):
+        assert a.keys() == b.keys(), path
+        for k in a:
+            assert_same_state(a[k], b[k], f"{path}.{k}")
+    elif isinstance(a, torch.Tensor):
+        assert torch.equal(a, b), path
+    elif isinstance(a, pa.Table):
+        assert a.equals(b, check_metadata=True), path
+    else:
+        assert a == b, path
+
+
 def assert_same_next_step(learner: Learner, fresh: Learner, tmp_path, labels: torch.Tensor | None = None) -> None:
-    """Checkpoint ``learner`` to real files, restore into ``fresh``: both take the same next step, bit for bit."""
+    """Checkpoint ``learner`` to real files, restore into ``fresh``: both take the same next step,
+    bit for bit, and end that task into the same plugin state."""
     save_checkpoint(tmp_path, learner.step_count, learner.state_dict())
     x = images(seed=999)
     expected = learner.step(x, labels)
@@ -61,3 +77,9 @@ def assert_same_next_step(learner: Learner, fresh: Learner, tmp_path, labels: to
         for m, n in zip(p.trainable_modules(), q.trainable_modules()):
             for a, b in zip(m.state_dict().values(), n.state_dict().values()):
                 assert torch.equal(a, b)
+    rng = torch.get_rng_state()  # a task end may draw augmentations (EWC): the same draws for both
+    learner.begin_task(learner.task + 1)
+    torch.set_rng_state(rng)
+    fresh.begin_task(fresh.task + 1)
+    for p, q in zip(learner.plugins, fresh.plugins):
+        assert_same_state(p.state_dict(), q.state_dict(), p.name)

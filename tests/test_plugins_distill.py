@@ -180,6 +180,4 @@ def test_distillation_state_survives_a_checkpoint(strategy, tmp_path):
     learner.step(images(seed=20), labels)
     fresh = tiny_learner(strategy, seed=1, **options)
     assert fresh.plugins[0].frozen is None
-    assert_same_next_step(learner, fresh, tmp_path, labels)
-    assert all(torch.equal(a, b) for a, b in zip(learner.plugins[0].frozen.state_dict().values(),
-                                                 fresh.plugins[0].frozen.state_dict().values()))
+    assert_same_next_step(learner, fresh, tmp_path, labels)  # also compares the frozen copies and memories
