@@ -29,11 +29,14 @@ from streamd.snapshots import SnapshotPublisher
 log = logging.getLogger("streamd.daemon")
 
 POLL_TIMEOUT_S = 0.2
+# --exit-when-idle: before the first record, a source may still be connecting (a Kafka group join
+# waits for the session timeout of a crashed member), so an empty start is not "drained" yet.
+STARTUP_GRACE_S = 30.0
 
 
 @dataclass
 class Counters:
-    """Cumulative over restarts: restored from the checkpoint together with the positions they count."""
+    """Acked records, cumulative over restarts: restored from the checkpoint with the positions they count."""
 
     records_seen: int = 0
     records_decoded: int = 0
@@ -65,7 +68,7 @@ class Daemon:
         self.learner: Learner = build_learner_from(cfg)
         self.boundary = build_boundary_detector(cfg.boundary)
         self.prober = Prober(per_task=cfg.probe.per_task, every_steps=cfg.probe.every_steps,
-                             history_path=cfg.snapshots.dir / "probe-history.jsonl", metrics=self.metrics)
+                             history_path=cfg.probe.history_dir, metrics=self.metrics)
         self.publisher = SnapshotPublisher(cfg.snapshots.dir, keep_last=cfg.snapshots.keep_last, metrics=self.metrics)
         self.source = source or build_source(cfg)
         self.dead_letter = dead_letter or build_dead_letter(cfg)
@@ -89,7 +92,7 @@ class Daemon:
         self._start_api()
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._request_stop)
-        self.ready = True
+        self.ready, got_records = True, False
         log.info("daemon ready: source %s, task %d, step %d", self.source.name, self.learner.task,
                  self.learner.step_count)
         while not self.stopping:
@@ -99,8 +102,10 @@ class Daemon:
             if self._batch_due():
                 self._train(self._take_batch())
             self._periodic()
+            got_records = got_records or bool(records)
             idle = time.monotonic() - self.idle_since if self.idle_since else 0.0
-            if exit_when_idle is not None and not self.pending.acks and idle >= exit_when_idle:
+            warmed_up = got_records or time.monotonic() - started >= max(exit_when_idle or 0, STARTUP_GRACE_S)
+            if exit_when_idle is not None and not self.pending.acks and idle >= exit_when_idle and warmed_up:
                 log.info("sources drained for %.1f s: stopping", idle)
                 break
         self._shutdown()
@@ -116,12 +121,10 @@ class Daemon:
             try:
                 parts = expand(message)
             except DecodeError as e:
-                self.counters.records_seen += 1
                 self.metrics.records_consumed.inc()
                 self._dead_letter(message, e.reason)
                 continue
             for record in parts:
-                self.counters.records_seen += 1
                 self.metrics.records_consumed.inc()
                 try:
                     header, label = parse_task(record), parse_label(record)
@@ -129,7 +132,6 @@ class Daemon:
                 except DecodeError as e:
                     self._dead_letter(record, e.reason)
                     continue
-                self.counters.records_decoded += 1
                 self.metrics.records_decoded.inc()
                 self._add(record, image, label, header if self.cfg.boundary.mode != "drift" else None)
         if records:
@@ -154,7 +156,6 @@ class Daemon:
             self.dead_letter.send(record, reason)
         except Exception:  # a broken sink must not stop training; the record is still counted
             log.exception("dead-letter sink failed for %s", record.position)
-        self.counters.dead_lettered[reason] = self.counters.dead_lettered.get(reason, 0) + 1
         self.metrics.records_dead_lettered.labels(reason).inc()
         self.pending.acks.append((record, f"dead:{reason}"))
 
@@ -206,8 +207,17 @@ class Daemon:
         self._snapshot("task_end", probe)
 
     def _ack(self, acks: list[tuple[Record, str]]) -> None:
+        """Acked records are what the checkpoint's positions cover, so the counters count them here."""
         self.source.ack([r for r, _ in acks])
         self.dirty = True
+        c = self.counters
+        for _, status in acks:
+            c.records_seen += 1
+            if status == "trained":
+                c.records_decoded += 1
+            else:
+                reason = status.removeprefix("dead:")
+                c.dead_lettered[reason] = c.dead_lettered.get(reason, 0) + 1
         if self.audit:
             self.audit.write("".join(f"{status}\t{r.position}\n" for r, status in acks))
 
