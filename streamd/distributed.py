@@ -13,10 +13,8 @@ are a function of the weights). Buffers (BatchNorm statistics) are taken from ra
 does. A rank without a batch, or whose loss was not finite, still takes part in the step with
 weight 0 (``idle_step``), so no rank ever waits for data that another rank does not have.
 
-State: the checkpoint is written by rank 0 only and holds the merged positions of all ranks'
-partitions plus every rank's own plugin state (replay buffers stay per rank). On start rank 0
-reads it and broadcasts it; each rank takes its own plugin state. Only rank 0 publishes
-snapshots and serves the HTTP API.
+Checkpoints and the daemon-side rounds live in ``streamd/distributed_daemon.py``; this module
+holds only the collectives.
 """
 from __future__ import annotations
 
@@ -39,8 +37,9 @@ class Agreement:
     rows: int             # stream rows summed over the ranks: 0 means nobody steps
     task: int             # rank 0's task: every rank begins it before stepping
     frozen_blocks: int    # rank 0's frozen encoder prefix
-    checkpoint: bool      # rank 0 decided to checkpoint after this iteration
-    stop: bool            # some rank was asked to stop
+    checkpoint: bool      # rank 0 decided to checkpoint after this step
+    stop: bool            # some rank was asked to stop (SIGTERM)
+    idle: int             # ranks whose sources are drained (all idle: --exit-when-idle may stop)
 
 
 class Cluster:
@@ -50,6 +49,7 @@ class Cluster:
         self.rank, self.world_size = rank, world_size
         self.device = device or torch.device("cpu")   # where collectives' tensors live (nccl: the GPU)
         self._learner = None
+        self.task = -1               # the last task all ranks agreed on
         self._weight = 1.0
         self._hook = None
 
@@ -76,24 +76,32 @@ class Cluster:
         return self.rank == 0
 
     # Per-iteration agreement ------------------------------------------------------------------
-    def agree(self, rows: int, task: int, frozen_blocks: int, checkpoint: bool, stop: bool) -> Agreement:
+    def agree(self, rows: int, task: int, frozen_blocks: int, checkpoint: bool, stop: bool,
+              idle: bool) -> Agreement:
         if not self.enabled:
-            return Agreement(rows, task, frozen_blocks, checkpoint, stop)
+            return Agreement(rows, task, frozen_blocks, checkpoint, stop, int(idle))
         main = float(self.is_main)
-        vec = torch.tensor([rows, task * main, frozen_blocks * main, float(checkpoint) * main, float(stop)],
-                           dtype=torch.float64, device=self.device)
+        vec = torch.tensor([rows, task * main, frozen_blocks * main, float(checkpoint) * main, float(stop),
+                            float(idle)], dtype=torch.float64, device=self.device)
         dist.all_reduce(vec)
-        rows, task, frozen, ckpt, stop = (int(round(v)) for v in vec.tolist())
-        return Agreement(rows, task, frozen, bool(ckpt), bool(stop))
+        rows, task, frozen, ckpt, stop, idle = (int(round(v)) for v in vec.tolist())
+        return Agreement(rows, task, frozen, bool(ckpt), bool(stop), idle)
 
     def apply(self, agreement: Agreement, learner) -> None:
-        """Brings this rank's learner to rank 0's task and frozen prefix (before the step)."""
+        """Brings this rank's learner to rank 0's frozen prefix and task, before the step.
+
+        Compared with the last *agreed* task, never with the learner's own, so that every rank
+        takes the same branch and the broadcast below stays matched. A first step with no task
+        yet begins task 0 (as ``Learner.step`` would) on every rank at once.
+        """
         if not self.enabled:
             return
         if agreement.frozen_blocks != learner.encoder.frozen_blocks:
             learner.encoder.freeze_prefix(agreement.frozen_blocks)
-        if agreement.task != learner.task and agreement.task >= 0:
-            learner.begin_task(agreement.task)
+        task = 0 if agreement.task < 0 and agreement.rows and self.task < 0 else agreement.task
+        if task != self.task and task >= 0:
+            self.task = task
+            learner.begin_task(task)
             self.broadcast_modules(learner)   # plugins may have built new modules (predictors)
 
     # Gradients ----------------------------------------------------------------------------------
@@ -102,6 +110,7 @@ class Cluster:
         if not self.enabled:
             return
         self._learner = learner
+        self.task = learner.task
         self._hook = register_optimizer_step_pre_hook(self._average_gradients)
         self.broadcast_modules(learner)
 
@@ -174,14 +183,6 @@ class Cluster:
         dist.all_gather_object(everyone, positions)
         return merge_positions(everyone)
 
-    def gather_plugin_states(self, plugin_state: dict) -> list[dict] | None:
-        """Every rank's plugin state (replay buffers), on rank 0; None elsewhere."""
-        if not self.enabled:
-            return [plugin_state]
-        everyone = [None] * self.world_size if self.is_main else None
-        dist.gather_object(plugin_state, everyone, dst=0)
-        return everyone
-
     def broadcast_object(self, obj):
         """Rank 0's object (e.g. the loaded checkpoint) on every rank."""
         if not self.enabled:
@@ -189,13 +190,6 @@ class Cluster:
         box = [obj if self.is_main else None]
         dist.broadcast_object_list(box, src=0)
         return box[0]
-
-    def all_true(self, flag: bool) -> bool:
-        if not self.enabled:
-            return flag
-        vec = torch.tensor([0.0 if flag else 1.0], device=self.device)
-        dist.all_reduce(vec)
-        return float(vec) == 0.0
 
     def close(self) -> None:
         if self._hook is not None:
@@ -222,14 +216,6 @@ def merge_positions(states: list[dict]) -> dict:
                 if key in (state.get("partial") or {}):
                     partial[key] = state["partial"][key]
     return {"offsets": offsets, "partial": partial}
-
-
-def own_plugin_state(state: dict, rank: int) -> dict:
-    """The learner state with this rank's own plugin state (rank 0's when the rank is new)."""
-    per_rank = state.get("rank_plugins")
-    if not per_rank or rank >= len(per_rank):
-        return state
-    return {**state, "plugins": per_rank[rank]}
 
 
 def weights_digest(learner) -> str:

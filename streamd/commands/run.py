@@ -25,9 +25,10 @@ def main(args) -> int:
         return 2
     logging.basicConfig(level=cfg.logging.level, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from streamd.daemon import Daemon, install_test_faults
+    from streamd.daemon import install_test_faults
+    from streamd.distributed_daemon import build_daemon  # a Daemon, or one rank of several under torchrun
 
     install_test_faults()
-    summary = Daemon(cfg).run(exit_when_idle=args.exit_when_idle)
+    summary = build_daemon(cfg).run(exit_when_idle=args.exit_when_idle)
     print(json.dumps(summary, indent=2))
     return 0

@@ -1,0 +1,162 @@
+"""Two data-parallel ranks launched by torchrun (gloo, CPU) against the real test broker.
+
+Checks the scale-out contract of docs/scaling.md: every record is trained on by exactly one rank,
+both ranks hold identical weights after every step, and a restart resumes both ranks from the
+checkpoint (same weights, no record read again).
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+from kafka import KafkaProducer
+
+from connectors.base import CONTENT_TYPE_HEADER
+from connectors.wire import encode_image, image_headers, kafka_headers
+from streamd.distributed import merge_positions
+from conftest import FAST_CLIENT, create_topic, free_port
+
+ROOT = Path(__file__).resolve().parents[1]
+PARTITIONS = 2
+IMAGE = 16
+
+
+def produce(bootstrap: str, topic: str, tasks: list[int], per_task: int) -> set[str]:
+    """Raw images with task headers, spread evenly over the partitions; returns their positions."""
+    rng = np.random.default_rng(sum(tasks))
+    producer = KafkaProducer(bootstrap_servers=bootstrap)
+    futures = []
+    for task in tasks:
+        for i in range(per_task):
+            pixels = rng.integers(0, 256, (IMAGE, IMAGE, 3), dtype=np.uint8) // (task + 1)
+            payload, content_type, extra = encode_image(pixels, "raw")
+            headers = {CONTENT_TYPE_HEADER: content_type, **extra, **image_headers(task, i % 4)}
+            futures.append(producer.send(topic, payload, headers=kafka_headers(headers), partition=i % PARTITIONS))
+    positions = {f"{m.topic}:{m.partition}@{m.offset}" for m in (f.get(timeout=30) for f in futures)}
+    producer.close()
+    return positions
+
+
+def write_config(tmp_path: Path, bootstrap: str, topic: str) -> Path:
+    client = ", ".join(f"{k} = {v}" for k, v in FAST_CLIENT.items())
+    path = tmp_path / "streamd.toml"
+    path.write_text(f"""
+audit_log = "{tmp_path / 'audit.log'}"
+
+[source]
+kind = "kafka"
+
+[source.kafka]
+bootstrap_servers = "{bootstrap}"
+topic = "{topic}"
+group_id = "ranks"
+max_poll_records = 16
+client_options = {{ {client} }}
+
+[dead_letter]
+kind = "none"
+
+[model]
+arch = "resnet_tiny"
+image_size = {IMAGE}
+objective = "simsiam"
+objective_kwargs = {{ proj_hidden = 64, proj_dim = 32, pred_hidden = 16 }}
+
+[strategy]
+name = "lump"
+
+[learner]
+device = "cpu"
+batch_size = 8
+max_wait_seconds = 0.5
+
+[boundary]
+mode = "header"
+
+[checkpoint]
+dir = "{tmp_path / 'checkpoints'}"
+every_steps = 3
+every_seconds = 0
+
+[snapshots]
+dir = "{tmp_path / 'snapshots'}"
+every_seconds = 0
+
+[probe]
+per_task = 4
+
+[api]
+port = 0
+""")
+    return path
+
+
+def torchrun(config: Path) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
+           "--master-port", str(free_port()), "-m", "streamd", "run", "--config", str(config),
+           "--exit-when-idle", "6"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-6000:]
+    return out
+
+
+def audit(tmp_path: Path, rank: int, run: int) -> list[list[str]]:
+    """The audit lines of one rank's ``run``-th start (1-based)."""
+    lines = [ln.split("\t") for ln in (tmp_path / f"audit.rank{rank}.log").read_text().splitlines()]
+    starts = [i for i, ln in enumerate(lines) if ln[0] == "start"] + [len(lines)]
+    return lines[starts[run - 1]:starts[run]]
+
+
+def trained(lines: list[list[str]]) -> list[str]:
+    return [ln[1] for ln in lines if ln[0] == "trained"]
+
+
+def weights(lines: list[list[str]], kind: str = "weights") -> dict[int, str]:
+    return {int(ln[1]): ln[2] for ln in lines if ln[0] == kind}
+
+
+def check_run(tmp_path: Path, run: int, expected: set[str]) -> tuple[dict[int, str], list[list[str]]]:
+    runs = [audit(tmp_path, rank, run) for rank in (0, 1)]
+    by_rank = [trained(lines) for lines in runs]
+    # every record of this run trained by exactly one rank, each rank on its own partitions
+    assert sorted(by_rank[0] + by_rank[1]) == sorted(expected)
+    partitions = [{p.split("@")[0] for p in positions} for positions in by_rank]
+    assert all(partitions) and not partitions[0] & partitions[1]
+    # identical weights after every step, and every step taken by both ranks
+    steps = [weights(lines) for lines in runs]
+    assert steps[0] and steps[0] == steps[1]
+    assert list(steps[0]) == list(range(min(steps[0]), max(steps[0]) + 1))
+    return steps[0], runs
+
+
+def test_two_ranks_train_one_model_on_disjoint_partitions_and_resume(kafka_broker, tmp_path):
+    topic = create_topic(kafka_broker, partitions=PARTITIONS, prefix="ranks")
+    first = produce(kafka_broker, topic, tasks=[0, 1], per_task=24)
+    config = write_config(tmp_path, kafka_broker, topic)
+
+    torchrun(config)
+    steps1, runs1 = check_run(tmp_path, 1, first)
+    assert min(steps1) == 1
+    for rank in (0, 1):   # one checkpoint folder per rank, written at the same steps
+        assert (tmp_path / "checkpoints" / f"rank-{rank:03d}" / "LATEST").read_text().strip() == \
+            f"ckpt-{max(steps1):09d}"
+    assert sorted(p.name for p in (tmp_path / "snapshots").glob("v*"))   # rank 0 published
+
+    second = produce(kafka_broker, topic, tasks=[2], per_task=16)
+    torchrun(config)
+    steps2, runs2 = check_run(tmp_path, 2, second)   # nothing of the first run read again
+    restored = [weights(lines, "restored") for lines in runs2]
+    assert restored[0] == restored[1] == {max(steps1): steps1[max(steps1)]}   # resumed the final weights
+    assert min(steps2) == max(steps1) + 1
+
+
+def test_merge_positions_keeps_the_newest_offset_of_each_partition():
+    live = {"offsets": {"t:0": 7, "t:1": 3}, "partial": {"t:1": {"3": [0]}}}
+    stale = {"offsets": {"t:1": 2, "t:2": 5}, "partial": {"t:2": {"5": [1]}}}
+    assert merge_positions([stale, live]) == merge_positions([live, stale]) == {
+        "offsets": {"t:0": 7, "t:1": 3, "t:2": 5}, "partial": {"t:1": {"3": [0]}, "t:2": {"5": [1]}}}
