@@ -1,0 +1,79 @@
+"""Configuration: defaults are the demo, TOML < environment, errors name the field, secrets are masked."""
+from __future__ import annotations
+
+import json
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from streamd.cli import main as streamd_main
+from streamd.config import ConfigError, load_config
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "streamd.toml"
+    path.write_text(text)
+    return path
+
+
+def test_defaults_are_the_local_demo():
+    cfg = load_config()
+    assert cfg.source.kind == "directory" and cfg.source.directory.path == Path("var/inbox")
+    assert cfg.checkpoint.dir == Path("var/checkpoints") and cfg.snapshots.dir == Path("var/snapshots")
+    assert (cfg.api.host, cfg.api.port) == ("127.0.0.1", 9400)
+    assert cfg.model.arch == "resnet18"
+
+
+def test_environment_overrides_the_toml_file_which_overrides_defaults(tmp_path, monkeypatch):
+    path = write(tmp_path, '[model]\narch = "resnet_tiny"\nimage_size = 16\n[source]\nkind = "kafka"\n'
+                           '[source.kafka]\ntopic = "from-file"\nclient_options = {fetch_max_bytes = 1048576}\n')
+    monkeypatch.setenv("STREAMD_SOURCE__KAFKA__TOPIC", "from-env")
+    monkeypatch.setenv("STREAMD_LEARNER__BATCH_SIZE", "8")
+    cfg = load_config(path)
+    assert cfg.model.arch == "resnet_tiny" and cfg.model.image_size == 16   # file
+    assert cfg.source.kafka.topic == "from-env" and cfg.learner.batch_size == 8  # environment
+    assert cfg.source.kafka.consumer_options()["fetch_max_bytes"] == 1048576
+    assert cfg.checkpoint.keep == 2  # default
+
+
+@pytest.mark.parametrize("text, env, expected", [
+    ('[source]\nkind = "ftp"\n', {}, ["source.kind", "'directory', 'kafka' or 'parquet'"]),
+    ("", {"STREAMD_BOUNDARY__MODE": "guess"}, ["boundary.mode", "'header', 'drift' or 'both'"]),
+    ('[model]\narch = "resnet7"\n', {}, ["model.arch", "resnet18", "resnet_tiny"]),
+    ('[strategy]\nname = "lump+magic"\n', {}, ["strategy.name", "magic", "replay"]),
+    ("[learner]\nbatch_sise = 3\n", {}, ["learner.batch_sise", "Extra inputs are not permitted"]),
+    ("[api]\nport = 70000\n", {}, ["api.port", "65535"]),
+    ("[model\n", {}, ["not valid TOML"]),
+])
+def test_invalid_settings_fail_with_the_field_and_the_allowed_values(tmp_path, monkeypatch, text, env, expected):
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    with pytest.raises(ConfigError) as err:
+        load_config(write(tmp_path, text))
+    for fragment in expected:
+        assert fragment in str(err.value)
+
+
+def test_run_refuses_an_invalid_config_before_starting(tmp_path, capsys):
+    assert streamd_main(["run", "--config", str(write(tmp_path, '[boundary]\nmode = "sometimes"\n'))]) == 2
+    assert "invalid setting boundary.mode" in capsys.readouterr().err
+
+
+def test_config_show_prints_the_effective_config_with_secrets_masked(tmp_path, monkeypatch, capsys):
+    path = write(tmp_path, '[api]\ntoken = "file-token-123"\n[source.kafka]\nsasl_mechanism = "PLAIN"\n'
+                           'sasl_username = "u"\nsasl_password = "hunter2-secret"\n')
+    monkeypatch.setenv("STREAMD_API__PORT", "9555")
+    assert streamd_main(["config", "show", "--config", str(path)]) == 0
+    toml_text = capsys.readouterr().out
+    shown = tomllib.loads(toml_text)
+    assert shown["api"]["port"] == 9555 and shown["api"]["token"] == "**********"
+    assert shown["source"]["kafka"]["sasl_password"] == "**********"
+    assert "file-token-123" not in toml_text and "hunter2-secret" not in toml_text
+    assert streamd_main(["config", "show", "--config", str(path), "--format", "json"]) == 0
+    json_text = capsys.readouterr().out
+    assert json.loads(json_text)["api"] == shown["api"] and "hunter2" not in json_text
+    # The real values still reach the code that needs them.
+    cfg = load_config(path)
+    assert cfg.source.kafka.consumer_options()["sasl_plain_password"] == "hunter2-secret"
+    assert cfg.api.token.get_secret_value() == "file-token-123"
