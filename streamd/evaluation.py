@@ -107,18 +107,19 @@ def embed_task(learner: "Learner", images: torch.Tensor, task: int) -> torch.Ten
         masks.use_task(learner, learner.task)
 
 
-def accuracy_row(learner: "Learner", train_tasks: Sequence["Task"], test_tasks: Sequence["Task"],
-                 seen: int, mode: Mode = "aware", classifier: str = "knn") -> list[float]:
-    """Row ``seen`` of R: accuracy on every task j after training tasks 0..seen.
+def accuracy_row(learner: "Learner", splits: Sequence[tuple["Task", "Task"]], seen: int,
+                 mode: Mode = "aware", classifier: str = "knn") -> list[float]:
+    """Row ``seen`` of R: accuracy on every task j after training tasks 0..seen, from the
+    (train, test) pairs of ``streamd.data.train_test``.
 
     aware: task j's test set against task j's train features. agnostic: against the train features
     of all tasks 0..seen (an unseen class can never be predicted, so unseen class tasks score 0).
     """
     classify = {"knn": knn_accuracy, "linear": linear_probe_accuracy}[classifier]
-    train = [(embed_task(learner, t.images, j), t.labels) for j, t in enumerate(train_tasks)]
+    train = [(embed_task(learner, tr.images, j), tr.labels) for j, (tr, _) in enumerate(splits)]
     bank = (torch.cat([f for f, _ in train[: seen + 1]]), torch.cat([y for _, y in train[: seen + 1]]))
     row = []
-    for j, test in enumerate(test_tasks):
+    for j, (_, test) in enumerate(splits):
         feats, labels = train[j] if mode == "aware" else bank
         row.append(classify(feats, labels, embed_task(learner, test.images, j), test.labels))
     return row

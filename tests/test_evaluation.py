@@ -80,22 +80,20 @@ class FlatLearner:
         return images.flatten(1).float()
 
 
-def toy_tasks(seed: int):
-    """Two class-incremental tasks whose 'images' are cluster points (classes 0,1 then 2,3)."""
-    out = []
-    for t, classes in enumerate([[0, 1], [2, 3]]):
-        x, y = clusters(30, classes, dim=8, seed=seed + t)
-        out.append(Task(t, x.view(-1, 2, 2, 2), y))
-    return out
+def toy_splits():
+    """Two class-incremental tasks (classes 0,1 then 2,3) whose 'images' are cluster points."""
+    def task(t, classes, seed):
+        x, y = clusters(30, classes, dim=8, seed=seed)
+        return Task(t, x.view(-1, 2, 2, 2), y)
+    return [(task(t, classes, t), task(t, classes, 10 + t)) for t, classes in enumerate([[0, 1], [2, 3]])]
 
 
 def test_task_aware_and_agnostic_rows():
-    train, test = toy_tasks(0), toy_tasks(10)
-    learner = FlatLearner()
-    assert accuracy_row(learner, train, test, seen=1, mode="aware") == [1.0, 1.0]
+    splits, learner = toy_splits(), FlatLearner()
+    assert accuracy_row(learner, splits, seen=1, mode="aware") == [1.0, 1.0]
     # After task 0 only, the agnostic bank has no class of task 1: it can never be right there.
-    assert accuracy_row(learner, train, test, seen=0, mode="agnostic") == [1.0, 0.0]
-    assert accuracy_row(learner, train, test, seen=1, mode="agnostic", classifier="linear") == [1.0, 1.0]
+    assert accuracy_row(learner, splits, seen=0, mode="agnostic") == [1.0, 0.0]
+    assert accuracy_row(learner, splits, seen=1, mode="agnostic", classifier="linear") == [1.0, 1.0]
 
 
 def test_per_task_masks_are_used_for_each_task_and_restored():
@@ -107,6 +105,6 @@ def test_per_task_masks_are_used_for_each_task_and_restored():
             self.calls.append(t)
 
     masks = Masks()
-    accuracy_row(FlatLearner([masks]), toy_tasks(0), toy_tasks(10), seen=1)
+    accuracy_row(FlatLearner([masks]), toy_splits(), seen=1)
     used = masks.calls[0::2]
     assert sorted(set(used)) == [0, 1] and set(masks.calls[1::2]) == {1}

@@ -21,6 +21,7 @@ from streamd.bench import _memory
 from streamd.bench._machine import describe_machine, synced_clock
 from streamd.data import Task, task_stream, train_test
 from streamd.evaluation import accuracy_row, average_accuracy, backward_transfer, forgetting
+from streamd.flops import backward_flops
 from streamd.learner import build_learner, resolve_device
 from streamd.optim import OptimConfig
 
@@ -105,8 +106,6 @@ def prepare(args: argparse.Namespace) -> Setup:
 
 
 def run_strategy(setup: Setup, strategy: str) -> dict:
-    from streamd.flops import backward_flops
-
     args, device = setup.args, setup.device
     torch.manual_seed(args.seed)
     if device.type == "cuda":
@@ -114,10 +113,8 @@ def run_strategy(setup: Setup, strategy: str) -> dict:
     learner = build_learner(setup.arch, setup.image_size, args.objective, strategy,
                             objective_kwargs=setup.objective_kwargs, plugin_options=args.plugin_options,
                             optim=OptimConfig(lr=args.lr), device=str(device))
-    trains = [train for train, _ in setup.splits]
-    tests = [test for _, test in setup.splits]
     R, seconds, memory, flops = [], [], 0, []
-    for t, train in enumerate(trains):
+    for t, (train, _) in enumerate(setup.splits):
         learner.begin_task(t)
         for s, (idx, labelled) in enumerate(setup.schedule[t]):
             images, labels = train.images[idx], train.labels[idx].where(labelled, -1)
@@ -129,7 +126,7 @@ def run_strategy(setup: Setup, strategy: str) -> dict:
             seconds.append(synced_clock(device) - start)
         flops.append(backward_flops(learner, images))
         learner.end_task()
-        R.append(accuracy_row(learner, trains, tests, seen=t))
+        R.append(accuracy_row(learner, setup.splits, seen=t))
         print(f"[{strategy}] after task {t}: " + " ".join(f"{a:.3f}" for a in R[-1]), flush=True)
     if device.type == "cuda":
         memory = torch.cuda.max_memory_allocated(device)
@@ -137,7 +134,7 @@ def run_strategy(setup: Setup, strategy: str) -> dict:
            "bwt": backward_transfer(R), "step_seconds_median": statistics.median(seconds),
            "peak_memory_bytes": int(memory), "backward_flops_per_step": int(statistics.mean(flops))}
     if args.linear_probe:
-        final = accuracy_row(learner, trains, tests, seen=len(trains) - 1, mode="agnostic", classifier="linear")
+        final = accuracy_row(learner, setup.splits, seen=len(setup.splits) - 1, mode="agnostic", classifier="linear")
         run["linear_probe_avg_acc"] = sum(final) / len(final)
     return run
 
@@ -150,7 +147,7 @@ def plot(result: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     runs = result["runs"]
-    fig, axes = plt.subplots(1, len(runs), figsize=(3.2 * len(runs), 3.4), squeeze=False)
+    fig, axes = plt.subplots(1, len(runs), figsize=(3.2 * len(runs), 3.8), squeeze=False)
     for ax, run in zip(axes[0], runs):
         R = torch.tensor(run["acc_matrix"])
         ax.imshow(R, vmin=0, vmax=1, cmap="viridis")
