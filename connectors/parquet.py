@@ -86,6 +86,8 @@ class ParquetSource:
         for path in self._files():
             name = path.name
             start = self._handed_next.get(name) or self._acks.setdefault(name, AckedPrefix(0)).state()[0]
+            if start >= self._sizes.get(name, start + 1):    # known and finished: no need to open it again
+                continue
             try:
                 file = pq.ParquetFile(path)
             except Exception as exc:   # noqa: BLE001 -- a damaged file must not stop the source

@@ -173,7 +173,9 @@ def register(subparsers) -> None:
         epilog="examples:\n"
                "  streamd produce dir --out /tmp/stream --dataset mnist5k --split class --tasks 5\n"
                "  streamd produce kafka --bootstrap-servers localhost:9092 --topic images --format arrow --rate 500\n"
-               "  streamd produce dir --out /tmp/stream --parquet images.parquet --no-headers")
+               "  streamd produce dir --out /tmp/stream --parquet images.parquet --no-headers\n"
+               "Kafka keeps order only within a partition: give the topic one partition (or one per\n"
+               "independent stream) when the task order matters.")
     p.add_argument("sink", choices=("kafka", "dir"), help="where the images go")
     src = p.add_argument_group("images")
     src.add_argument("--dataset", default="mnist5k", help="mnist5k, digits or imagefolder:PATH (default mnist5k)")
