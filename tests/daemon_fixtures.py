@@ -17,8 +17,8 @@ TINY = {"arch": "resnet_tiny", "image_size": 16,
         "objective_kwargs": {"proj_hidden": 64, "proj_dim": 32, "pred_hidden": 16}}
 
 
-def write_config(tmp: Path, source: str = "", **extra: str) -> Path:
-    """A tiny daemon config under ``tmp``; ``source`` and ``extra`` sections are raw TOML snippets."""
+def write_config(tmp: Path, source: str = "", checkpoint_dir: str = "ckpt") -> Path:
+    """A tiny daemon config under ``tmp``; ``source`` is a raw TOML snippet (e.g. a Kafka source)."""
     kw = ", ".join(f"{k} = {v}" for k, v in TINY["objective_kwargs"].items())
     text = f"""
 audit_log = "{tmp / 'audit.log'}"
@@ -40,7 +40,7 @@ max_wait_seconds = 0.5
 [boundary]
 mode = "header"
 [checkpoint]
-dir = "{tmp / 'ckpt'}"
+dir = "{tmp / checkpoint_dir}"
 every_steps = 3
 every_seconds = 0
 [snapshots]
@@ -54,7 +54,7 @@ history_dir = "{tmp / 'probe'}"
 port = 0
 [logging]
 progress_seconds = 1
-""" + source + "\n" + "\n".join(extra.values())
+""" + source
     path = tmp / "streamd.toml"
     path.write_text(text)
     return path
