@@ -18,7 +18,7 @@ RUN_KEYS = {"strategy", "acc_matrix", "avg_acc", "forgetting", "bwt", "step_seco
 def test_bench_cl_quick_writes_json_and_png(tmp_path):
     out, png = tmp_path / "r.json", tmp_path / "r.png"
     cmd = [sys.executable, "-m", "streamd", "bench", "cl", "--quick", "--dataset", "digits", "--split", "class",
-           "--tasks", "2", "--steps-per-task", "2", "--batch-size", "16", "--strategies", "finetune,replay+lump",
+           "--tasks", "2", "--steps-per-task", "2", "--batch-size", "16", "--image-size", "8", "--strategies", "finetune,replay+lump",
            "--seed", "1", "--out", str(out), "--plot", str(png)]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -26,7 +26,7 @@ def test_bench_cl_quick_writes_json_and_png(tmp_path):
     assert {k: result[k] for k in ("dataset", "objective", "split", "tasks", "steps_per_task", "seed", "arch",
                                    "image_size", "batch_size")} == {
         "dataset": "digits", "objective": "simsiam", "split": "class", "tasks": 2, "steps_per_task": 2, "seed": 1,
-        "arch": "resnet_tiny", "image_size": 16, "batch_size": 16}
+        "arch": "resnet_tiny", "image_size": 8, "batch_size": 16}
     assert result["machine"]["device"] == "cpu" and "peak_memory_method" in result["machine"]
     assert [r["strategy"] for r in result["runs"]] == ["finetune", "replay+lump"]
     for run in result["runs"]:
