@@ -24,20 +24,14 @@ def noise(seed: int, n: int = 8):
     return torch.randint(0, 256, (n, 3, 16, 16), dtype=torch.uint8, generator=g)
 
 
-def stripes(seed: int, n: int = 16):
-    """Dark images, class 0 = horizontal stripes, class 1 = vertical (labels returned)."""
+def blue_classes(seed: int, n: int = 32):
+    """Class = blue level (dark / bright); the red channel is noise shared by both classes."""
     g = torch.Generator().manual_seed(seed)
-    labels = torch.randint(0, 2, (n,), generator=g)
-    offset = torch.randint(0, 4, (n, 1), generator=g)
-    wave = ((torch.arange(16) + offset) // 2 % 2).float()                   # (n, 16)
-    img = torch.where(labels.view(n, 1, 1) == 0, wave[:, :, None].expand(n, 16, 16), wave[:, None, :].expand(n, 16, 16))
-    img = img[:, None].expand(n, 3, 16, 16) * 50 + torch.rand(n, 3, 16, 16, generator=g) * 20
+    labels = torch.arange(n) % 2
+    img = torch.full((n, 3, 16, 16), 128.0)
+    img[:, 0] = torch.rand(n, 16, 16, generator=g) * 255
+    img[:, 2] = (40.0 + 160.0 * labels.view(n, 1, 1)) + torch.rand(n, 16, 16, generator=g) * 20
     return img.to(torch.uint8), labels
-
-
-def bright_noise(seed: int, n: int = 16):
-    g = torch.Generator().manual_seed(seed)
-    return (150 + torch.rand(n, 3, 16, 16, generator=g) * 105).to(torch.uint8), torch.randint(0, 2, (n,), generator=g)
 
 
 # Layers ---------------------------------------------------------------------------------------
@@ -112,20 +106,37 @@ def test_a_later_task_leaves_earlier_masks_weights_and_outputs_bit_identical():
 
 # KKT -----------------------------------------------------------------------------------------
 
-def test_kkt_copies_the_scores_of_the_earlier_task_whose_data_matches():
-    learner = make_learner(score_steps=1)
+def see_only_channel(learner, slot: int, channel: int) -> None:
+    """Makes ``slot``'s first-conv mask read one input colour channel (as if its task used only it)."""
+    scores = learner.encoder.net.conv1.scores[slot]
+    with torch.no_grad():
+        scores.copy_(torch.rand_like(scores) * 0.01)
+        scores[:, channel] += 1.0
+
+
+def test_kkt_copies_the_scores_of_the_earlier_task_whose_mask_fits_the_new_data():
+    learner = make_learner()
     plugin = learner.plugin("exssnet")
-    for task, data in enumerate([stripes, bright_noise]):      # 4 steps each: select/scores/weights
+    for task in (0, 1):
         learner.begin_task(task)
-        for s in range(4):
-            learner.step(*data(100 * task + s))
+        learner.step(noise(task))
+    see_only_channel(learner, slot=0, channel=0)      # red: only noise in the new task
+    see_only_channel(learner, slot=1, channel=2)      # blue: what tells the new task's classes apart
     learner.begin_task(2)
-    learner.step(*stripes(999, n=32))                         # task 2 looks like task 0
+    learner.step(*blue_classes(7))
     decision = plugin.history[-1]
     assert decision["by"] == "knn" and decision["candidates"] == [0, 1]
-    assert decision["chosen"] == 0 and decision["fits"][0] > decision["fits"][1]
-    layers = masked_layers(learner.encoder)
-    assert all(torch.equal(m.scores[2], m.scores[0]) for m in layers)
+    assert decision["chosen"] == 1 and decision["fits"][1] > decision["fits"][0] + 0.2, decision
+    assert all(torch.equal(m.scores[2], m.scores[1]) for m in masked_layers(learner.encoder))
+
+    unlabelled = make_learner()                        # without labels the SSL loss decides
+    for task in (0, 1):
+        unlabelled.begin_task(task)
+        unlabelled.step(noise(task))
+    unlabelled.begin_task(2)
+    unlabelled.step(noise(2))
+    decision = unlabelled.plugin("exssnet").history[-1]
+    assert decision["by"] == "ssl" and decision["chosen"] == min((0, 1), key=decision["fits"].__getitem__)
 
 
 # Persistence ---------------------------------------------------------------------------------
@@ -139,8 +150,7 @@ def test_all_plugin_state_survives_save_and_restore_bit_for_bit(tmp_path):
         return all(torch.equal(x, y) for x, y in zip(a.objective.state_dict().values(), b.objective.state_dict().values()))
 
     first = make_learner(select_batches=2)
-    for s in range(2):
-        first.step(noise(s))
+    first.step(noise(0))
     first.begin_task(1)
     first.step(noise(10))                          # mid-selection: one kept batch pending
     selecting = roundtrip(first, "selecting")

@@ -77,13 +77,12 @@ def test_prefix_rule_is_bottom_up_capped_and_never_freezes_everything():
 
 
 def run_two_tasks(learner, disturb=None):
-    """Task 0 for 1 step, then task 1 until the plugin has decided (decide_after=2)."""
+    """Task 0 for 1 step, then task 1 for 1 step, after which the plugin decides (decide_after=1)."""
     learner.step(images(0))
-    learner.begin_task(1)
-    learner.step(images(10))
+    learner.begin_task(1)                       # the previous-task copy is taken here
     if disturb is not None:
         disturb(learner.encoder)
-    learner.step(images(11))
+    learner.step(images(10))
     return learner.plugin("freeze")
 
 
@@ -97,7 +96,7 @@ def still_learner(**options):
 
 
 def test_freezing_follows_the_cka_of_each_block():
-    unchanged = run_two_tasks(still_learner(threshold=0.8, max_new_blocks=5, decide_after=2))
+    unchanged = run_two_tasks(still_learner(threshold=0.8, max_new_blocks=5, decide_after=1))
     cka = unchanged.history[-1]["cka"]
     assert cka == pytest.approx([1.0] * 5, abs=1e-9)
     assert unchanged.learner.encoder.frozen_blocks == 4          # all but the last block
@@ -108,7 +107,7 @@ def test_freezing_follows_the_cka_of_each_block():
                 if p.ndim == 4:
                     p.copy_(torch.randn_like(p) * p.std())
 
-    changed = run_two_tasks(still_learner(threshold=0.8, max_new_blocks=5, decide_after=2), redraw_layer2)
+    changed = run_two_tasks(still_learner(threshold=0.8, max_new_blocks=5, decide_after=1), redraw_layer2)
     cka = changed.history[-1]["cka"]
     assert cka[0] > 0.8 and cka[1] > 0.8 and cka[2] < 0.8, cka
     assert changed.learner.encoder.frozen_blocks == 2            # stem and layer1: the prefix that passed
@@ -150,10 +149,10 @@ def test_backward_flops_fall_with_frozen_blocks_and_leave_the_model_untouched():
     state = {k: v.clone() for k, v in learner.objective.state_dict().items()}
     rng = torch.get_rng_state()
     flops = []
-    for k in range(4):
+    for k in (0, 2, 4):
         learner.encoder.freeze_prefix(k)
         flops.append(backward_flops(learner, batch))
-    assert flops == sorted(flops, reverse=True) and len(set(flops)) == 4, flops
+    assert flops[0] > flops[1] > flops[2] > 0, flops
     assert all(torch.equal(v, learner.objective.state_dict()[k]) for k, v in state.items())
     assert torch.equal(rng, torch.get_rng_state())
     assert all(p.grad is None for p in learner.objective.parameters())

@@ -3,8 +3,10 @@
 At a task start a frozen copy of the encoder (the previous task's end state) is kept and the
 first stream images of the new task are buffered (uint8). After ``decide_after`` steps of the
 new task (or at its end, if it is shorter) each block's features of the copy and of the current
-encoder on those images are compared with linear CKA: blocks the new task barely changes are
-task-correlated, so the bottom-up prefix of blocks whose CKA passes ``threshold`` is frozen
+encoder on those images (eval mode) are compared with debiased linear CKA (a few hundred probe
+images against 10^4-10^5 values per feature map is the regime where the plain estimator drifts
+towards 1 even for unrelated features). Blocks the new task barely changes are task-correlated,
+so the bottom-up prefix of blocks whose CKA passes ``threshold`` is frozen
 (at most ``max_new_blocks`` more per task, never the last block). Frozen blocks run without
 autograd and with fixed BN statistics (``Encoder.freeze_prefix``); their parameters get no
 grad, so the optimizer (SGD, LARS, AdamW all skip grad-less parameters) applies neither
