@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 
@@ -18,24 +19,35 @@ import safetensors.torch
 from torch import nn
 
 from models.encoders import EncoderSpec, build_encoder
-from streamd.snapshots import CONFIG, LATEST, MANIFEST, MODEL, read_manifest, resolve_version, sha256_file
+from streamd.snapshots import (CONFIG, LATEST, MANIFEST, MODEL, VERSION_RE, read_manifest, resolve_version,
+                               sha256_file)
 
 TOKEN_ENV = "STREAMD_API__TOKEN"
+FILE_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")  # a plain name: no folders, no '..', no hidden files
 
 
 class SnapshotIntegrityError(RuntimeError):
-    """A snapshot file is missing or its sha256 differs from the manifest."""
+    """A snapshot file is missing or differs from its sha256, or the manifest names unsafe files."""
 
 
 def _is_url(source: str | Path) -> bool:
     return str(source).startswith(("http://", "https://"))
 
 
+def check_manifest(manifest: dict, where: str) -> None:
+    """A manifest (possibly from a remote server) must name the two files and only plain file names."""
+    files = manifest.get("files", {})
+    for name in (MODEL, CONFIG):
+        if name not in files:
+            raise SnapshotIntegrityError(f"manifest of {where} lists no sha256 for {name}")
+    bad = [n for n in files if not FILE_NAME_RE.match(n) or n == MANIFEST]
+    if bad or not VERSION_RE.match(str(manifest.get("name", ""))):
+        raise SnapshotIntegrityError(f"manifest of {where} has an invalid version or file names: {bad}")
+
+
 def verify(folder: Path, manifest: dict) -> None:
     """Raises SnapshotIntegrityError naming the first file that is missing or does not match."""
-    for name in (MODEL, CONFIG):
-        if name not in manifest.get("files", {}):
-            raise SnapshotIntegrityError(f"manifest of {folder} lists no sha256 for {name}")
+    check_manifest(manifest, str(folder))
     for name, expected in manifest["files"].items():
         path = folder / name
         if not path.is_file():
@@ -79,6 +91,7 @@ def _download(base: str, version: str, out: Path, token: str | None) -> None:
         response = http.get(f"/v1/snapshots/{version}")
         response.raise_for_status()
         manifest = response.json()
+        check_manifest(manifest, base)  # its names become local paths and URLs below
         concrete = manifest["name"]  # pin the files to the version the manifest came from
         for name, expected in manifest["files"].items():
             digest = hashlib.sha256()

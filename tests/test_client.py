@@ -1,3 +1,4 @@
+import json
 import pickle
 
 import pytest
@@ -85,6 +86,21 @@ def test_corrupted_file_fails_sha256_check_naming_the_file(tmp_path, learner, se
     (served / "v000001" / "config.json").write_text('{"arch": "resnet50"}')
     with pytest.raises(SnapshotIntegrityError, match=r"sha256 mismatch for config\.json"):
         load_encoder(f"http://127.0.0.1:{server.port}")
+
+
+def test_manifest_naming_paths_outside_the_snapshot_is_refused(server, learner, tmp_path):
+    root = server.app.state.snapshot_root
+    publish(root, learner)
+    manifest_path = root / "v000001" / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["files"]["../../escaped.txt"] = manifest["files"]["config.json"]
+    manifest_path.write_text(json.dumps(manifest))
+    out = tmp_path / "a" / "b"
+    with pytest.raises(SnapshotIntegrityError, match="invalid version or file names"):
+        pull(f"http://127.0.0.1:{server.port}", out_dir=out)
+    with pytest.raises(SnapshotIntegrityError, match="invalid version or file names"):
+        load_encoder(root)
+    assert not (tmp_path / "escaped.txt").exists() and not list(out.iterdir())
 
 
 def test_pull_command_from_http_and_folder(server, learner, tmp_path):
