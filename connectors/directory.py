@@ -145,7 +145,7 @@ class DirectorySource:
         cutoff = time.time_ns() - self.settle_ns
         found = []
         for dirpath, dirnames, filenames in os.walk(self.root):
-            dirnames[:] = sorted(d for d in dirnames if not in_progress(d))
+            dirnames[:] = sorted(d for d in dirnames if not in_progress(d) and Path(dirpath, d) != self.done_dir)
             for name in filenames:
                 if in_progress(name) or name.endswith(".json"):
                     continue

@@ -119,6 +119,16 @@ def test_crash_loop_redelivers_exactly_the_files_after_the_checkpoint(tmp_path):
     assert checkpointed == files
 
 
+def test_moved_files_inside_the_watched_tree_are_not_read_again(tmp_path):
+    write(tmp_path, "a/1.png")
+    source = DirectorySource(tmp_path, settle_seconds=SETTLE, on_commit="move", done_dir=tmp_path / "done")
+    got = drain(source)
+    source.ack(got)
+    source.commit(source.position_state())
+    assert (tmp_path / "done" / "a" / "1.png").exists()
+    assert drain(source) == []
+
+
 @pytest.mark.parametrize("mode", ["delete", "move"])
 def test_commit_removes_or_moves_only_what_the_state_covers(tmp_path, mode):
     root = tmp_path / "in"
