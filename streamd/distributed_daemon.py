@@ -24,7 +24,7 @@ from pathlib import Path
 
 from streamd.checkpoint import load_checkpoint
 from streamd.config import ConfigError, StreamdConfig
-from streamd.daemon import Daemon, PendingBatch, build_source
+from streamd.daemon import STARTUP_GRACE_S, Daemon, PendingBatch, build_source
 from streamd.distributed import Agreement, Cluster, merge_positions, weights_digest
 from streamd.learner import resolve_device
 
@@ -73,10 +73,13 @@ class RankDaemon(Daemon):
         self.checkpoint_wanted: str | None = None   # rank 0: a checkpoint is due at the next round
         self.stop_requested = False
         self.exit_when_idle: float | None = None
+        self.started = time.monotonic()
+        self.got_records = False   # drained only counts once the source delivered (or the grace passed)
 
     # Loop ----------------------------------------------------------------------------------------
     def run(self, exit_when_idle: float | None = None) -> dict:
         self.exit_when_idle = exit_when_idle   # decided together, in the last round of an iteration
+        self.started = time.monotonic()
         try:
             return super().run(exit_when_idle=None)
         finally:
@@ -85,6 +88,19 @@ class RankDaemon(Daemon):
     def _request_stop(self, signum, frame) -> None:
         log.info("rank %d: signal %d received; stopping with the other ranks", self.cluster.rank, signum)
         self.stop_requested = True
+
+    def _ingest(self, records) -> None:
+        self.got_records = self.got_records or bool(records)
+        super()._ingest(records)
+
+    def _drained(self) -> bool:
+        """This rank's half of ``--exit-when-idle`` (the base loop's rule, decided by all ranks)."""
+        if self.exit_when_idle is None or self.pending.acks:
+            return False
+        now = time.monotonic()
+        idle_for = now - self.idle_since if self.idle_since else 0.0
+        warmed_up = self.got_records or now - self.started >= max(self.exit_when_idle, STARTUP_GRACE_S)
+        return idle_for >= self.exit_when_idle and warmed_up
 
     def _train(self, batch: PendingBatch) -> None:
         import torch
@@ -128,12 +144,12 @@ class RankDaemon(Daemon):
     def _periodic(self) -> None:
         """Rounds without own data until no rank has rows; that round is a common point."""
         while True:
-            idle_for = time.monotonic() - self.idle_since if self.idle_since else 0.0
-            drained = not self.pending.acks and idle_for >= (self.exit_when_idle or 0)
-            a = self._round(0, None, None, idle=self.exit_when_idle is not None and drained)
+            a = self._round(0, None, None, idle=self._drained())
             if a.rows == 0:
                 break
         if a.stop or a.idle == self.cluster.world_size:
+            log.info("rank %d: all ranks stop now (%s)", self.cluster.rank,
+                     "a rank was signalled" if a.stop else "all sources drained")
             self.stopping = True
         super()._periodic()   # rank 0's due checkpoints are only noted here (see _checkpoint)
 

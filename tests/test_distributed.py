@@ -95,14 +95,14 @@ port = 0
     return path
 
 
-def torchrun(config: Path) -> subprocess.CompletedProcess:
+def torchrun(config: Path, log: Path) -> None:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
            "--master-port", str(free_port()), "-m", "streamd", "run", "--config", str(config),
            "--exit-when-idle", "6"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-6000:]
-    return out
+    with log.open("w") as f:   # kept in tmp_path for a failure's post-mortem
+        rc = subprocess.run(cmd, cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT, timeout=240).returncode
+    assert rc == 0, log.read_text()[-6000:]
 
 
 def audit(tmp_path: Path, rank: int, run: int) -> list[list[str]]:
@@ -139,7 +139,7 @@ def test_two_ranks_train_one_model_on_disjoint_partitions_and_resume(kafka_broke
     first = produce(kafka_broker, topic, tasks=[0, 1], per_task=24)
     config = write_config(tmp_path, kafka_broker, topic)
 
-    torchrun(config)
+    torchrun(config, tmp_path / "torchrun-1.log")
     steps1, runs1 = check_run(tmp_path, 1, first)
     assert min(steps1) == 1
     for rank in (0, 1):   # one checkpoint folder per rank, written at the same steps
@@ -148,7 +148,7 @@ def test_two_ranks_train_one_model_on_disjoint_partitions_and_resume(kafka_broke
     assert sorted(p.name for p in (tmp_path / "snapshots").glob("v*"))   # rank 0 published
 
     second = produce(kafka_broker, topic, tasks=[2], per_task=16)
-    torchrun(config)
+    torchrun(config, tmp_path / "torchrun-2.log")
     steps2, runs2 = check_run(tmp_path, 2, second)   # nothing of the first run read again
     restored = [weights(lines, "restored") for lines in runs2]
     assert restored[0] == restored[1] == {max(steps1): steps1[max(steps1)]}   # resumed the final weights
