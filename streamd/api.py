@@ -76,7 +76,7 @@ def build_app(snapshot_root: Path, metrics: Metrics, ready: Callable[[], bool], 
         return read_manifest(snapshot_folder(version))
 
     @app.get("/v1/snapshots/{version}/files/{name}",
-             summary="Download a snapshot file (ETag = sha256; If-None-Match and Range supported)")
+             summary="Download a snapshot file (ETag = sha256; If-None-Match, Range and HEAD supported)")
     def file(request: Request, version: str = VERSION_PARAM, name: str = PathParam()) -> Response:
         folder = snapshot_folder(version)
         files = read_manifest(folder)["files"]
@@ -91,6 +91,7 @@ def build_app(snapshot_root: Path, metrics: Metrics, ready: Callable[[], bool], 
             return Response(status_code=304, headers={"ETag": etag})
         return FileResponse(folder / name, headers={"ETag": etag}, filename=name)
 
+    app.add_api_route("/v1/snapshots/{version}/files/{name}", file, methods=["HEAD"], include_in_schema=False)
     return app
 
 

@@ -70,6 +70,9 @@ def test_download_etag_304_and_range(served):
     full = client.get(url, headers=auth())
     assert full.status_code == 200 and full.content == path.read_bytes()
     assert full.headers["etag"] == f'"{sha256_file(path)}"'
+    head = client.head(url, headers=auth())
+    assert head.status_code == 200 and head.content == b"" and head.headers["etag"] == full.headers["etag"]
+    assert int(head.headers["content-length"]) == path.stat().st_size
     assert client.get(url, headers=auth(**{"If-None-Match": full.headers["etag"]})).status_code == 304
     assert client.get(url, headers=auth(**{"If-None-Match": '"other"'})).status_code == 200
     part = client.get(url, headers=auth(Range="bytes=8-23"))
