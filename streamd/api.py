@@ -41,11 +41,15 @@ def build_app(snapshot_root: Path, metrics: Metrics, ready: Callable[[], bool], 
                                     headers={"WWW-Authenticate": "Bearer"})
             return await call_next(request)
 
-    def snapshot_folder(version: str) -> Path:
+    def snapshot(version: str) -> tuple[Path, dict]:
+        """The folder and manifest of a validated version; 404 also when retention removed it meanwhile."""
         name = resolve_version(snapshot_root, version)
-        if name is None:
-            raise HTTPException(404, f"no snapshot {version}")
-        return snapshot_root / name
+        try:
+            if name is not None:
+                return snapshot_root / name, read_manifest(snapshot_root / name)
+        except (OSError, ValueError):
+            pass
+        raise HTTPException(404, f"no snapshot {version}")
 
     @app.get("/metrics", summary="Prometheus exposition")
     def metrics_endpoint() -> Response:
@@ -72,14 +76,14 @@ def build_app(snapshot_root: Path, metrics: Metrics, ready: Callable[[], bool], 
         return {"latest": resolve_version(snapshot_root, "latest"), "snapshots": items}
 
     @app.get("/v1/snapshots/{version}", summary="The manifest of one snapshot")
-    def manifest(version: str = VERSION_PARAM) -> dict:
-        return read_manifest(snapshot_folder(version))
+    def snapshot_manifest(version: str = VERSION_PARAM) -> dict:
+        return snapshot(version)[1]
 
     @app.get("/v1/snapshots/{version}/files/{name}",
              summary="Download a snapshot file (ETag = sha256; If-None-Match, Range and HEAD supported)")
     def file(request: Request, version: str = VERSION_PARAM, name: str = PathParam()) -> Response:
-        folder = snapshot_folder(version)
-        files = read_manifest(folder)["files"]
+        folder, manifest = snapshot(version)
+        files = manifest["files"]
         if name == MANIFEST:
             digest = sha256_file(folder / MANIFEST)
         elif name in files:
