@@ -1,6 +1,8 @@
 import errno
 import json
 import os
+import resource
+import signal
 import time
 from datetime import datetime
 
@@ -125,3 +127,23 @@ def test_resnet18_publish_takes_well_under_a_checkpoint_interval(tmp_path):
     elapsed = time.perf_counter() - started
     assert manifest is not None and (tmp_path / "v000001" / "model.safetensors").stat().st_size > 40e6
     assert elapsed < CheckpointConfig().every_seconds / 10, elapsed
+
+
+def test_kernel_write_failure_is_survived(tmp_path, learner):
+    """A real failed write (the kernel refuses to grow a file past RLIMIT_FSIZE with EFBIG), not a mock."""
+    metrics = Metrics()
+    pub = SnapshotPublisher(tmp_path, metrics=metrics)
+    publish(pub, learner)
+    size = (tmp_path / "v000001" / "model.safetensors").stat().st_size
+    limits = resource.getrlimit(resource.RLIMIT_FSIZE)
+    handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG instead of being killed
+    resource.setrlimit(resource.RLIMIT_FSIZE, (size // 2, limits[1]))
+    try:
+        assert publish(pub, learner) is None
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, limits)
+        signal.signal(signal.SIGXFSZ, handler)
+    assert metrics.registry.get_sample_value("streamd_snapshot_failures_total") == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["latest", "v000001"]
+    verify(tmp_path / "v000001", read_manifest(tmp_path / "v000001"))
+    assert publish(pub, learner)["version"] == 2
