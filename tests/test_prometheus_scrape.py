@@ -1,17 +1,16 @@
 """A real Prometheus server scrapes streamd: first an in-process ApiServer, then the daemon running as
 its own process, which also publishes snapshots that ``streamd pull`` and ``load_encoder`` fetch."""
-import os
 import signal
 import subprocess
-import sys
 
 import httpx
 import torch
 from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import free_port
+from daemon_fixtures import consumed_count, produce_dir, start_daemon, write_config
 from prometheus_fixtures import query, running_prometheus, wait_until
-from publishing_fixtures import TINY_OBJECTIVE, images
+from publishing_fixtures import images
 from streamd.api import ApiServer
 from streamd.checkpoint import latest_checkpoint, load_checkpoint
 from streamd.cli import main as streamd_main
@@ -43,80 +42,35 @@ def test_prometheus_scrapes_the_api_and_serves_streamd_series(tmp_path):
         api.stop()
 
 
-DAEMON_TOML = """
-[source]
-kind = "directory"
-[source.directory]
-path = "{inbox}"
-settle_seconds = 0.0
-[dead_letter]
-kind = "none"
-[model]
-arch = "resnet_tiny"
-image_size = 16
-objective = "simsiam"
-objective_kwargs = {objective}
-[strategy]
-name = "finetune"
-[learner]
-device = "cpu"
-batch_size = 8
-max_wait_seconds = 0.5
-[boundary]
-mode = "header"
-[checkpoint]
-dir = "{var}/checkpoints"
-every_steps = 0
-every_seconds = 0.5
-[snapshots]
-dir = "{var}/snapshots"
-every_steps = 1
-every_seconds = 0
-keep_last = 3
-[probe]
-per_task = 6
-every_steps = 2
-history_dir = "{var}/history"
-[api]
-host = "127.0.0.1"
-port = {port}
-[logging]
-progress_seconds = 1.0
-"""
-
-
 def scrape(url: str) -> dict[str, float]:
     text = httpx.get(f"{url}/metrics", timeout=5).text
     return {s.name: s.value for f in text_string_to_metric_families(text) for s in f.samples if not s.labels}
 
 
 def test_daemon_process_publishes_snapshots_that_pull_and_load_encoder_reproduce(tmp_path):
-    inbox, var, port = tmp_path / "inbox", tmp_path / "var", free_port()
-    assert streamd_main(["produce", "dir", "--dataset", "digits", "--tasks", "2", "--per-task", "24", "--headers",
-                         "--image-size", "16", "--out", str(inbox)]) == 0
-    objective = "{" + ", ".join(f"{k} = {v}" for k, v in TINY_OBJECTIVE.items()) + "}"
-    config = tmp_path / "streamd.toml"
-    config.write_text(DAEMON_TOML.format(inbox=inbox, var=var, port=port, objective=objective))
-    log = (tmp_path / "daemon.log").open("wb")
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    daemon = subprocess.Popen([sys.executable, "-m", "streamd", "run", "--config", str(config)], cwd=tmp_path,
-                              stdout=log, stderr=subprocess.STDOUT, env=env)
-    url = f"http://127.0.0.1:{port}"
+    produce_dir(tmp_path / "inbox", tasks=2, per_task=24)
+    config, port = write_config(tmp_path), free_port()
+    # every step: a snapshot and a checkpoint, so that the newest of both end at the same step
+    overrides = {"STREAMD_API__PORT": str(port), "STREAMD_SNAPSHOTS__EVERY_STEPS": "1",
+                 "STREAMD_SNAPSHOTS__KEEP_LAST": "3", "STREAMD_CHECKPOINT__EVERY_STEPS": "1"}
+    daemon = start_daemon(config, env=overrides)
+    url, checkpoints = f"http://127.0.0.1:{port}", tmp_path / "ckpt"
     try:
         with running_prometheus([f"127.0.0.1:{port}"], tmp_path / "prom") as prom:
             def settled():
-                """All 48 images trained, the newest snapshot and the newest checkpoint at the same step."""
-                if daemon.poll() is not None:
-                    raise AssertionError("daemon exited early: " + (tmp_path / "daemon.log").read_text()[-3000:])
-                m = scrape(url)
-                ckpt = latest_checkpoint(var / "checkpoints")
-                if m.get("streamd_records_consumed_total") != 48 or ckpt is None:
+                """All 48 images trained (acked in the audit log), the newest snapshot and the newest
+                checkpoint at the final step."""
+                if daemon.proc.poll() is not None:
+                    raise AssertionError(f"daemon exited early:\n{daemon.log()[-3000:]}")
+                ckpt = latest_checkpoint(checkpoints)
+                if consumed_count(tmp_path / "audit.log") != 48 or ckpt is None:
                     return None
+                m = scrape(url)
                 latest = httpx.get(f"{url}/v1/snapshots/latest", timeout=5).json()
                 step = int(m["streamd_training_steps_total"])
                 return latest if latest["step"] == step == int(ckpt.name.split("-")[1]) else None
 
-            latest = wait_until(settled, 240, f"the daemon to train everything (log: {tmp_path / 'daemon.log'})")
+            latest = wait_until(settled, 240, "the daemon to train on everything")
             listing = httpx.get(f"{url}/v1/snapshots", timeout=5).json()["snapshots"]
             assert len(listing) >= 3 and listing[-1]["name"] == latest["name"]
             assert "task_end" in {s["reason"] for s in listing}  # two tasks: the first one's end is kept
@@ -124,7 +78,7 @@ def test_daemon_process_publishes_snapshots_that_pull_and_load_encoder_reproduce
             pulled = tmp_path / "pulled"
             assert streamd_main(["pull", url, "--version", "latest", "--out", str(pulled)]) == 0
             reference = build_learner_from(load_config(config))
-            reference.load_state_dict(load_checkpoint(var / "checkpoints")["learner"])
+            reference.load_state_dict(load_checkpoint(checkpoints)["learner"])
             reference.encoder.eval()
             x = reference.preprocess(images(8, size=16))
             with torch.no_grad():
@@ -140,7 +94,5 @@ def test_daemon_process_publishes_snapshots_that_pull_and_load_encoder_reproduce
                                    capture_output=True, timeout=30)
             assert check.returncode == 0 and not check.stdout.strip() and not check.stderr.strip(), check
     finally:
-        daemon.send_signal(signal.SIGTERM)
-        exit_code = daemon.wait(timeout=60)
-        log.close()
-    assert exit_code == 0, (tmp_path / "daemon.log").read_text()[-3000:]
+        daemon.kill(signal.SIGTERM)
+    assert daemon.wait(timeout=60)["latest_snapshot"] >= latest["version"]  # exits 0 after its shutdown work
