@@ -63,7 +63,7 @@ kind = "none"
 [model]
 arch = "resnet_tiny"
 image_size = {IMAGE}
-objective = "simsiam"
+objective = "byol"   # a momentum target: it must stay in sync too
 objective_kwargs = {{ proj_hidden = 64, proj_dim = 32, pred_hidden = 16 }}
 
 [strategy]
