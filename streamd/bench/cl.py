@@ -105,6 +105,20 @@ def prepare(args: argparse.Namespace) -> Setup:
                  objective_kwargs(args.objective, v), resolve_device(args.device), splits, schedule)
 
 
+def train_task(learner, train: Task, schedule, device: torch.device) -> tuple[list[float], int]:
+    """One task's steps: the seconds of each, and (CPU) the training bytes of its last step."""
+    seconds, memory = [], 0
+    for s, (idx, labelled) in enumerate(schedule):
+        images, labels = train.images[idx], train.labels[idx].where(labelled, -1)
+        start = synced_clock(device)
+        if device.type == "cpu" and s == len(schedule) - 1:
+            memory = _memory.step_training_bytes(learner, lambda: learner.step(images, labels))
+        else:
+            learner.step(images, labels)
+        seconds.append(synced_clock(device) - start)
+    return seconds, memory
+
+
 def run_strategy(setup: Setup, strategy: str) -> dict:
     args, device = setup.args, setup.device
     torch.manual_seed(args.seed)
@@ -116,15 +130,10 @@ def run_strategy(setup: Setup, strategy: str) -> dict:
     R, seconds, memory, flops = [], [], 0, []
     for t, (train, _) in enumerate(setup.splits):
         learner.begin_task(t)
-        for s, (idx, labelled) in enumerate(setup.schedule[t]):
-            images, labels = train.images[idx], train.labels[idx].where(labelled, -1)
-            start = synced_clock(device)
-            if device.type == "cpu" and s == len(setup.schedule[t]) - 1:
-                memory = max(memory, _memory.step_training_bytes(learner, lambda: learner.step(images, labels)))
-            else:
-                learner.step(images, labels)
-            seconds.append(synced_clock(device) - start)
-        flops.append(backward_flops(learner, images))
+        task_seconds, task_memory = train_task(learner, train, setup.schedule[t], device)
+        seconds, memory = seconds + task_seconds, max(memory, task_memory)
+        last_batch = train.images[setup.schedule[t][-1][0]]
+        flops.append(backward_flops(learner, last_batch))
         learner.end_task()
         R.append(accuracy_row(learner, setup.splits, seen=t))
         print(f"[{strategy}] after task {t}: " + " ".join(f"{a:.3f}" for a in R[-1]), flush=True)

@@ -2,9 +2,9 @@
 
 The bare loop is the textbook SSL step written out here (same encoder, objective, kornia
 augmentation, optimizer, precision and memory format), not the Learner. Bare loop, learner and
-augmentation alone run interleaved in rounds (A B C A B C ...), so a machine that speeds up or slows
-down over the run (other processes, thermal limits) affects all three alike; the first round warms up
-and is dropped.
+augmentation alone run interleaved in rounds (A B C, then C B A, ...), so a machine that speeds up
+or slows down over the run (other processes, thermal limits) and the position inside a round affect
+all three alike; the first round warms up and is dropped.
 """
 from __future__ import annotations
 
@@ -78,7 +78,7 @@ def measure(args: argparse.Namespace) -> dict:
              "augment": lambda: learner.augment(images)}
     seconds = {k: 0.0 for k in kinds}
     for r in range(args.rounds + 1):
-        for kind, step in kinds.items():
+        for kind, step in (list(kinds.items()) if r % 2 else list(kinds.items())[::-1]):
             start = synced_clock(device)
             for _ in range(args.steps):
                 step()
