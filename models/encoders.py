@@ -47,10 +47,13 @@ class Encoder(nn.Module):
         raise NotImplementedError
 
     def freeze_prefix(self, count: int) -> None:
-        """Freezes the first ``count`` blocks: no grads, eval-mode BN, no stored activations."""
-        self.frozen_blocks = count
-        for i, name in enumerate(self.block_names):
-            for p in self.block(name).parameters():
+        """Freezes the first ``count`` blocks: no grads, eval-mode BN, no stored activations.
+
+        Only blocks whose status changes are touched, so flags other code set on parameters
+        (e.g. ExSSNeT's phases) survive a restore that re-applies the same prefix."""
+        old, self.frozen_blocks = self.frozen_blocks, count
+        for i in range(min(old, count), max(old, count)):
+            for p in self.block(self.block_names[i]).parameters():
                 p.requires_grad_(i >= count)
         self.train(self.training)
 

@@ -87,6 +87,8 @@ class Learner:
         sched_state = self.scheduler.state_dict()
         self.scheduler = build_scheduler(self.optimizer, self.optim_cfg)
         self.scheduler.load_state_dict(sched_state)
+        for group, lr in zip(self.optimizer.param_groups, self.scheduler.get_last_lr()):
+            group["lr"] = lr  # a new LambdaLR starts at factor(0); keep the schedule's position
 
     def plugin(self, name: str) -> Plugin | None:
         return next((p for p in self.plugins if p.name == name), None)
