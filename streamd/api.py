@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import Callable
 
 import uvicorn
-from fastapi import FastAPI, HTTPException, Path as PathParam, Request, Response
+from fastapi import Depends, FastAPI, HTTPException, Path as PathParam, Request, Response
 from fastapi.responses import FileResponse, JSONResponse
+from fastapi.security import HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from streamd.metrics import Metrics
@@ -30,6 +31,9 @@ def build_app(snapshot_root: Path, metrics: Metrics, ready: Callable[[], bool], 
                   version="1")
     app.state.snapshot_root = snapshot_root
 
+    # Enforced by the middleware below (which also covers /openapi.json and /docs); the dependency
+    # only declares the bearer scheme on the protected operations of the OpenAPI description.
+    protected = [Depends(HTTPBearer(auto_error=False))] if token else []
     if token:
         expected = f"Bearer {token}".encode()
 
@@ -59,12 +63,12 @@ def build_app(snapshot_root: Path, metrics: Metrics, ready: Callable[[], bool], 
     def healthz() -> dict:
         return {"status": "ok"}
 
-    @app.get("/readyz", summary="Readiness: model loaded and sources connected")
+    @app.get("/readyz", summary="Readiness: model loaded and sources connected", dependencies=protected)
     def readyz() -> JSONResponse:
         ok = bool(ready())
         return JSONResponse({"ready": ok}, status_code=200 if ok else 503)
 
-    @app.get("/v1/snapshots", summary="All published snapshots, oldest first")
+    @app.get("/v1/snapshots", summary="All published snapshots, oldest first", dependencies=protected)
     def snapshots() -> dict:
         items = []
         for name in list_versions(snapshot_root):
@@ -75,11 +79,11 @@ def build_app(snapshot_root: Path, metrics: Metrics, ready: Callable[[], bool], 
             items.append({k: m.get(k) for k in ("version", "name", "created_at", "reason", "task", "segment", "step")})
         return {"latest": resolve_version(snapshot_root, "latest"), "snapshots": items}
 
-    @app.get("/v1/snapshots/{version}", summary="The manifest of one snapshot")
+    @app.get("/v1/snapshots/{version}", summary="The manifest of one snapshot", dependencies=protected)
     def snapshot_manifest(version: str = VERSION_PARAM) -> dict:
         return snapshot(version)[1]
 
-    @app.get("/v1/snapshots/{version}/files/{name}",
+    @app.get("/v1/snapshots/{version}/files/{name}", dependencies=protected,
              summary="Download a snapshot file (ETag = sha256; If-None-Match, Range and HEAD supported)")
     def file(request: Request, version: str = VERSION_PARAM, name: str = PathParam()) -> Response:
         folder, manifest = snapshot(version)
@@ -95,7 +99,8 @@ def build_app(snapshot_root: Path, metrics: Metrics, ready: Callable[[], bool], 
             return Response(status_code=304, headers={"ETag": etag})
         return FileResponse(folder / name, headers={"ETag": etag}, filename=name)
 
-    app.add_api_route("/v1/snapshots/{version}/files/{name}", file, methods=["HEAD"], include_in_schema=False)
+    app.add_api_route("/v1/snapshots/{version}/files/{name}", file, methods=["HEAD"], include_in_schema=False,
+                      dependencies=protected)
     return app
 
 

@@ -61,6 +61,8 @@ def test_listing_and_manifests(served):
     assert client.get("/v1/snapshots/v000099", headers=auth()).status_code == 404
     paths = client.get("/openapi.json", headers=auth()).json()["paths"]
     assert {"/v1/snapshots", "/v1/snapshots/{version}", "/v1/snapshots/{version}/files/{name}", "/metrics"} <= set(paths)
+    assert paths["/v1/snapshots/{version}/files/{name}"]["get"]["security"] == [{"HTTPBearer": []}]
+    assert "security" not in paths["/metrics"]["get"] and "security" not in paths["/healthz"]["get"]
 
 
 def test_download_etag_304_and_range(served):
