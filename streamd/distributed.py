@@ -2,9 +2,9 @@
 
 Every rank runs the whole daemon loop on its own share of the stream: the ranks join ONE Kafka
 consumer group, so Kafka's group assignment hands each rank disjoint partitions. The ranks meet
-once per loop iteration (``agree``): one small all-reduce says how many rows each rank brings,
-and carries rank 0's decisions (current task, frozen encoder blocks, "checkpoint now") plus any
-rank's wish to stop, so all ranks switch tasks, freeze, checkpoint and stop together.
+before every step (``agree``): one small all-reduce says how many rows each rank brings, and
+carries rank 0's decisions (current task, frozen encoder blocks, "checkpoint now") plus the
+ranks' wishes to stop, so all ranks switch tasks, freeze, checkpoint and stop together.
 
 Gradients: an optimizer step pre-hook all-reduces the gradients of the learner's optimizer, each
 rank weighted by its number of stream rows, so every rank applies the same averaged update and
@@ -32,7 +32,7 @@ _TIMEOUT = timedelta(minutes=10)
 
 @dataclass(frozen=True)
 class Agreement:
-    """What all ranks do in this loop iteration."""
+    """What all ranks do in this round (one step, or none when no rank has rows)."""
 
     rows: int             # stream rows summed over the ranks: 0 means nobody steps
     task: int             # rank 0's task: every rank begins it before stepping
@@ -75,7 +75,7 @@ class Cluster:
     def is_main(self) -> bool:
         return self.rank == 0
 
-    # Per-iteration agreement ------------------------------------------------------------------
+    # Per-round agreement ---------------------------------------------------------------------
     def agree(self, rows: int, task: int, frozen_blocks: int, checkpoint: bool, stop: bool,
               idle: bool) -> Agreement:
         if not self.enabled:
