@@ -22,6 +22,8 @@ import os
 import time
 from pathlib import Path
 
+import torch
+
 from streamd.checkpoint import load_checkpoint
 from streamd.config import ConfigError, StreamdConfig
 from streamd.daemon import STARTUP_GRACE_S, Daemon, PendingBatch, build_source
@@ -103,8 +105,6 @@ class RankDaemon(Daemon):
         return idle_for >= self.exit_when_idle and warmed_up
 
     def _train(self, batch: PendingBatch) -> None:
-        import torch
-
         images, labels = torch.stack(batch.images), torch.tensor(batch.labels)
         boundary = None
         if self.cluster.is_main:
@@ -130,6 +130,7 @@ class RankDaemon(Daemon):
         self.metrics.observe_plugins(self.learner)
 
     def _step(self, images, labels) -> None:
+        """The base loop's step bookkeeping around ``Cluster.step``."""
         t0 = time.perf_counter()
         result = self.cluster.step(self.learner, images, labels)
         self.metrics.step_duration.observe(time.perf_counter() - t0)
