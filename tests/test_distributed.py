@@ -17,6 +17,7 @@ from kafka import KafkaProducer
 
 from connectors.base import CONTENT_TYPE_HEADER
 from connectors.wire import encode_image, image_headers, kafka_headers
+from streamd.checkpoint import load_checkpoint
 from streamd.distributed import merge_positions
 from conftest import FAST_CLIENT, create_topic, free_port
 
@@ -142,9 +143,12 @@ def test_two_ranks_train_one_model_on_disjoint_partitions_and_resume(kafka_broke
     torchrun(config, tmp_path / "torchrun-1.log")
     steps1, runs1 = check_run(tmp_path, 1, first)
     assert min(steps1) == 1
-    for rank in (0, 1):   # one checkpoint folder per rank, written at the same steps
-        assert (tmp_path / "checkpoints" / f"rank-{rank:03d}" / "LATEST").read_text().strip() == \
-            f"ckpt-{max(steps1):09d}"
+    ends = {f"{topic}:{p}": len(first) // PARTITIONS for p in range(PARTITIONS)}
+    for rank in (0, 1):   # one checkpoint per rank, same step, holding every rank's partitions
+        folder = tmp_path / "checkpoints" / f"rank-{rank:03d}"
+        assert (folder / "LATEST").read_text().strip() == f"ckpt-{max(steps1):09d}"
+        assert load_checkpoint(folder)["positions"]["offsets"] == ends
+    assert (tmp_path / "torchrun-1.log").read_text().count("HTTP API on") == 1   # rank 0 only
     assert sorted(p.name for p in (tmp_path / "snapshots").glob("v*"))   # rank 0 published
 
     second = produce(kafka_broker, topic, tasks=[2], per_task=16)
