@@ -22,7 +22,7 @@ from streamd.boundary import Boundary, build_boundary_detector
 from streamd.checkpoint import load_checkpoint, save_checkpoint
 from streamd.config import StreamdConfig
 from streamd.ingest import DecodeError, decode, expand, parse_label, parse_task
-from streamd.learner import Learner, build_learner
+from streamd.learner import Learner, StepResult, build_learner
 from streamd.metrics import Metrics
 from streamd.snapshots import SnapshotPublisher
 
@@ -184,19 +184,24 @@ class Daemon:
             self._checkpoint("task_end")
         train_images, train_labels = self.prober.hold_out(images, labels, self.learner.task)
         if len(train_images) >= 2:
-            t0 = time.perf_counter()
-            result = self.learner.step(train_images, train_labels)
-            self.metrics.step_duration.observe(time.perf_counter() - t0)
-            if result.skipped:
-                self.metrics.nonfinite_steps.inc()
-            else:
-                self.metrics.training_steps.inc()
-                self.metrics.loss.set(result.loss)
-                self.last_loss = result.loss
-            self.counters.images_trained += len(train_images)
+            self._step(train_images, train_labels)
         self._ack(batch.acks)
         self.prober.maybe_measure(self.learner, self.learner.step_count)
         self.metrics.observe_plugins(self.learner)
+
+    def _step(self, images: torch.Tensor, labels: torch.Tensor) -> StepResult:
+        """One learner step and its metrics (streamd/distributed_daemon.py wraps it for ranks)."""
+        t0 = time.perf_counter()
+        result = self.learner.step(images, labels)
+        self.metrics.step_duration.observe(time.perf_counter() - t0)
+        if result.skipped:
+            self.metrics.nonfinite_steps.inc()
+        else:
+            self.metrics.training_steps.inc()
+            self.metrics.loss.set(result.loss)
+            self.last_loss = result.loss
+        self.counters.images_trained += len(images)
+        return result
 
     def _end_task(self, boundary: Boundary) -> None:
         """Task-end work for the task that just ended: probe, reference features, a snapshot."""

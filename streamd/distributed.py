@@ -18,6 +18,7 @@ holds only the collectives.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 from dataclasses import dataclass
@@ -114,25 +115,21 @@ class Cluster:
         self._hook = register_optimizer_step_pre_hook(self._average_gradients)
         self.broadcast_modules(learner)
 
-    def step(self, learner, images: torch.Tensor, labels=None, tasks=None):
-        """``learner.step`` whose update is the rows-weighted average over all ranks."""
-        self._weight = float(images.shape[0])
+    @contextlib.contextmanager
+    def weighted(self, rows: int):
+        """Inside: this rank's gradients count with weight ``rows`` in the average."""
+        self._weight = float(rows)
         try:
-            result = learner.step(images, labels, tasks)
+            yield
         finally:
             self._weight = 1.0
-        if result.skipped and self.enabled:   # the others are already in the gradient all-reduce
-            self.idle_step(learner)
-        return result
 
     def idle_step(self, learner) -> None:
-        """Takes part in a step without data: contributes nothing, applies the others' average."""
-        self._weight = 0.0
-        try:
+        """Takes part in a step without data (or after a non-finite loss, when the others are
+        already in the gradient all-reduce): contributes nothing, applies the others' average."""
+        with self.weighted(0):
             learner.optimizer.zero_grad(set_to_none=True)
             learner.optimizer.step()          # the pre-hook fills in the averaged gradients
-        finally:
-            self._weight = 1.0
         learner.scheduler.step()
         learner.objective.after_optimizer_step()
         learner.step_count += 1

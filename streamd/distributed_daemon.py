@@ -129,18 +129,12 @@ class RankDaemon(Daemon):
             self.prober.maybe_measure(self.learner, self.learner.step_count)
         self.metrics.observe_plugins(self.learner)
 
-    def _step(self, images, labels) -> None:
-        """The base loop's step bookkeeping around ``Cluster.step``."""
-        t0 = time.perf_counter()
-        result = self.cluster.step(self.learner, images, labels)
-        self.metrics.step_duration.observe(time.perf_counter() - t0)
-        if result.skipped:
-            self.metrics.nonfinite_steps.inc()
-        else:
-            self.metrics.training_steps.inc()
-            self.metrics.loss.set(result.loss)
-            self.last_loss = result.loss
-        self.counters.images_trained += len(images)
+    def _step(self, images, labels):
+        with self.cluster.weighted(len(images)):
+            result = super()._step(images, labels)
+        if result.skipped:   # the other ranks are already in the gradient all-reduce
+            self.cluster.idle_step(self.learner)
+        return result
 
     def _periodic(self) -> None:
         """Rounds without own data until no rank has rows; that round is a common point."""
