@@ -51,8 +51,8 @@ def test_kill_9_mid_checkpoint_and_mid_step_neither_skips_nor_repeats_checkpoint
 
     # 1. Every checkpoint write sleeps before its rename; kill -9 inside one that follows a durable one.
     daemon = start_daemon(config, env={"STREAMD_TEST_FAULTS": "checkpoint_sleep=2"})
-    wait_until(lambda: (ckpt / "LATEST").exists() and any(ckpt.glob(".tmp-ckpt-*")), 150,
-               "a checkpoint being written after a durable one", daemon)
+    wait_until(lambda: (ckpt / "LATEST").exists() and any(ckpt.glob(".tmp-ckpt-*")) and read_audit(audit)[-1].tail,
+               150, "a checkpoint being written over records consumed after a durable one", daemon)
     daemon.kill()
     daemon.proc.wait(timeout=10)
     durable = (ckpt / "LATEST").read_text()
