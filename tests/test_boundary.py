@@ -3,10 +3,13 @@ the detector's state survives a checkpoint round trip."""
 from __future__ import annotations
 
 import io
+import json
 
 import torch
 
+from streamd.bench.boundaries import score
 from streamd.boundary import BoundaryDetector, DriftDetector, mmd2_rbf
+from streamd.cli import main as streamd_main
 from streamd.config import BoundaryConfig
 
 BATCH = 32
@@ -100,3 +103,18 @@ def test_drift_detector_reservoir_is_bounded():
     for x in batches(0, 10, 70):
         det.update(x, embed)
     assert len(det.reference) == 48 and len(det.window) == BATCH and det.offered == 9 * BATCH
+
+
+def test_bench_scores_delays_misses_and_false_alarms():
+    result = score(alarms=[3, 17, 18, 41], starts=[16, 32, 40], n_batches=60, max_delay=2)
+    assert result["delays"] == [1, 1] and result["missed"] == 1 and result["false"] == 2
+
+
+def test_bench_boundaries_finds_the_class_boundary_of_real_digits(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    assert streamd_main(["bench", "boundaries", "--dataset", "digits", "--splits", "class", "--tasks", "2",
+                         "--runs", "1", "--no-train", "--detector", '{"reference_size": 128}',
+                         "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["summary"]["class"]["found"] == 1 and report["summary"]["class"]["false"] == 0
+    assert report["runs"][0]["delays"][0] <= report["max_delay"]
