@@ -22,6 +22,7 @@ import torch.nn.functional as F
 log = logging.getLogger("streamd.boundary")
 
 Embed = Callable[[torch.Tensor], torch.Tensor]
+OUTLIER_Z = 3.0  # statistics this far above the segment's null are not folded into its mean/spread
 
 
 @dataclass
@@ -99,15 +100,13 @@ class DriftDetector:
         feats = F.normalize(embed(torch.cat([self.window, self.reference])).float(), dim=1)
         stat = mmd2_rbf(feats[: len(self.window)], feats[len(self.window):])
         self.last_statistic = stat
-        alarm = False
-        if self.stat_count >= self.calibration:
-            z = (stat - self.stat_mean) / self._spread()
-            alarm = self.ph.update(z)
+        z = (stat - self.stat_mean) / self._spread() if self.stat_count >= self.calibration else None
+        alarm = z is not None and self.ph.update(z)
         if alarm and self.batches_in_segment >= self.min_segment and self.batches_since_alarm > self.cooldown:
             self.batches_since_alarm = 0
             self.restart(self.window)
             return True
-        if not alarm:
+        if z is None or z < OUTLIER_Z:  # a shift in progress must not widen the null it is measured against
             self._track(stat)
         return False
 
