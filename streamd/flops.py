@@ -24,10 +24,13 @@ def backward_flops(learner, images: torch.Tensor) -> int:
     """FLOPs of the backward pass of one training step of ``learner`` on uint8 ``images``.
 
     The loss is the SSL loss plus every plugin's extra terms, on the two augmented views, with
-    the encoder's current frozen prefix. ``before_step`` (replay rows, mixing) is left out so
-    the measurement draws nothing from replay buffers: pass replayed rows in ``images`` to count
-    them. The model, its BN statistics, its grads and the RNG are left as they were.
+    the encoder's current frozen prefix. ``before_step`` is left out so the measurement draws
+    nothing from replay buffers; instead ``images`` is padded to the row count of the learner's
+    last training batch (stream + replayed rows), since FLOPs depend on the count, not the pixels.
+    The model, its BN statistics, its grads and the RNG are left as they were.
     """
+    rows = max(len(images), learner.last_batch_rows)
+    images = images.repeat(-(-rows // len(images)), 1, 1, 1)[:rows]
     objective = learner.objective
     was_training = objective.training
     objective.train()

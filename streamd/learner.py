@@ -68,6 +68,7 @@ class Learner:
         self.task = -1
         self.nonfinite_steps = 0
         self._task_ended = False
+        self.last_batch_rows = 0          # rows of the last step after replay (FLOP accounting)
         for p in plugins:
             p.setup(self)
         self.optimizer = build_optimizer(self.trainable_parameters(), self.optim_cfg)
@@ -140,6 +141,7 @@ class Learner:
         with self.autocast():
             for p in self.plugins:
                 batch = p.before_step(self, batch)
+            self.last_batch_rows = len(batch.images)
             out: ObjectiveOutput = self._forward(*batch.views)
             terms = {"ssl": out.loss}
             for p in self.plugins:
@@ -148,7 +150,7 @@ class Learner:
         self.optimizer.zero_grad(set_to_none=True)
         if not bool(torch.isfinite(total)):
             self.nonfinite_steps += 1
-            return StepResult(float(total), skipped=True)
+            return StepResult(float(total.detach()), skipped=True)
         total.backward()
         if self.optim_cfg.clip_grad_norm:
             nn.utils.clip_grad_norm_(self.trainable_parameters(), self.optim_cfg.clip_grad_norm)
