@@ -22,7 +22,6 @@ import torch.nn.functional as F
 log = logging.getLogger("streamd.boundary")
 
 Embed = Callable[[torch.Tensor], torch.Tensor]
-OUTLIER_Z = 3.0  # statistics this far above the segment's null are not folded into its mean/spread
 
 
 @dataclass
@@ -100,13 +99,15 @@ class DriftDetector:
         feats = F.normalize(embed(torch.cat([self.window, self.reference])).float(), dim=1)
         stat = mmd2_rbf(feats[: len(self.window)], feats[len(self.window):])
         self.last_statistic = stat
-        z = (stat - self.stat_mean) / self._spread() if self.stat_count >= self.calibration else None
-        alarm = z is not None and self.ph.update(z)
+        alarm = False
+        if self.stat_count >= self.calibration:
+            z = (stat - self.stat_mean) / self._spread()
+            alarm = self.ph.update(z)
         if alarm and self.batches_in_segment >= self.min_segment and self.batches_since_alarm > self.cooldown:
             self.batches_since_alarm = 0
             self.restart(self.window)
             return True
-        if z is None or z < OUTLIER_Z:  # a shift in progress must not widen the null it is measured against
+        if not alarm:
             self._track(stat)
         return False
 
