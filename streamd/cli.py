@@ -11,7 +11,8 @@ import streamd.commands
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="streamd", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="streamd", description="Continual self-supervised representation learning from a live image stream.")
     sub = parser.add_subparsers(dest="command", required=True)
     for mod in sorted(pkgutil.iter_modules(streamd.commands.__path__), key=lambda m: m.name):
         importlib.import_module(f"streamd.commands.{mod.name}").register(sub)
