@@ -106,12 +106,15 @@ def prepare(args: argparse.Namespace) -> Setup:
 
 
 def train_task(learner, train: Task, schedule, device: torch.device) -> tuple[list[float], int]:
-    """One task's steps: the seconds of each, and (CPU) the training bytes of its last step."""
+    """One task's steps: the seconds of each, and (CPU) the training bytes of its middle step.
+
+    The middle step, not the last: plugins make their boundary measurements (freezing's CKA and
+    FLOP counts) at a task's last steps, and those extra passes are not training memory."""
     seconds, memory = [], 0
     for s, (idx, labelled) in enumerate(schedule):
         images, labels = train.images[idx], train.labels[idx].where(labelled, -1)
         start = synced_clock(device)
-        if device.type == "cpu" and s == len(schedule) - 1:
+        if device.type == "cpu" and s == len(schedule) // 2:
             memory = _memory.step_training_bytes(learner, lambda: learner.step(images, labels))
         else:
             learner.step(images, labels)
