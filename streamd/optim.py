@@ -5,10 +5,11 @@ import math
 from typing import Literal
 
 import torch
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict
 
 
 class OptimConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")   # a typo in [optim] fails at start, like every other section
     name: Literal["sgd", "lars", "adamw"] = "sgd"
     lr: float = 0.05
     momentum: float = 0.9

@@ -77,3 +77,10 @@ def test_config_show_prints_the_effective_config_with_secrets_masked(tmp_path, m
     cfg = load_config(path)
     assert cfg.source.kafka.consumer_options()["sasl_plain_password"] == "hunter2-secret"
     assert cfg.api.token.get_secret_value() == "file-token-123"
+
+
+def test_a_typo_in_the_optim_section_fails_at_start(tmp_path):
+    path = tmp_path / "bad.toml"
+    path.write_text("[optim]\nlearning_rate = 0.1\n")
+    with pytest.raises(ConfigError, match="optim.learning_rate"):
+        load_config(path)
