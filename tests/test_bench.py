@@ -40,6 +40,14 @@ def test_bench_cl_quick_writes_json_and_png(tmp_path):
     # replay adds half a batch of replayed rows: more activations saved for backward than fine-tuning
     assert result["runs"][1]["peak_memory_bytes"] > result["runs"][0]["peak_memory_bytes"]
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
+    # `bench table` turns the JSON into the markdown of docs/results.md: one row per run, the plot linked
+    md = tmp_path / "results.md"
+    args = build_parser().parse_args(["bench", "table", str(out), "--command", "streamd bench cl ...", "--out", str(md)])
+    assert args.func(args) == 0
+    text = md.read_text()
+    assert "    streamd bench cl ..." in text
+    rows = [line for line in text.splitlines() if line.startswith("| finetune") or line.startswith("| replay+lump")]
+    assert len(rows) == 2 and f"{result['runs'][0]['avg_acc']:.3f}" in rows[0] and "![accuracy matrices](r.png)" in text
 
 
 def test_bench_throughput_reports_rates_and_ratios(tmp_path):
