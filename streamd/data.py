@@ -58,7 +58,7 @@ def _load_image_folder(root: Path) -> tuple[torch.Tensor, torch.Tensor]:
     for label, cls in enumerate(classes):
         for f in sorted((root / cls).iterdir()):
             with Image.open(f) as im:
-                images.append(torch.from_numpy(np.asarray(im.convert("RGB"))).permute(2, 0, 1))
+                images.append(torch.from_numpy(np.array(im.convert("RGB"))).permute(2, 0, 1))
             labels.append(label)
     size = images[0].shape[-2:]
     images = [im if im.shape[-2:] == size else TF.resize(im, list(size), antialias=True) for im in images]
