@@ -12,7 +12,7 @@ from streamd.evaluation import average_accuracy, backward_transfer, forgetting
 from streamd.bench.throughput import measure
 
 RUN_KEYS = {"strategy", "acc_matrix", "avg_acc", "forgetting", "bwt", "step_seconds_median", "peak_memory_bytes",
-            "backward_flops_per_step", "linear_probe_avg_acc"}
+            "backward_flops_per_step", "linear_probe_avg_acc", "train_memory_bytes_per_task"}
 
 
 def test_bench_cl_quick_writes_json_and_png(tmp_path):

@@ -130,21 +130,22 @@ def run_strategy(setup: Setup, strategy: str) -> dict:
     learner = build_learner(setup.arch, setup.image_size, args.objective, strategy,
                             objective_kwargs=setup.objective_kwargs, plugin_options=args.plugin_options,
                             optim=OptimConfig(lr=args.lr), device=str(device))
-    R, seconds, memory, flops = [], [], 0, []
+    R, seconds, task_memory, flops = [], [], [], []
     for t, (train, _) in enumerate(setup.splits):
         learner.begin_task(t)
-        task_seconds, task_memory = train_task(learner, train, setup.schedule[t], device)
-        seconds, memory = seconds + task_seconds, max(memory, task_memory)
+        task_seconds, memory = train_task(learner, train, setup.schedule[t], device)
+        seconds, task_memory = seconds + task_seconds, task_memory + [memory]
         last_batch = train.images[setup.schedule[t][-1][0]]
         flops.append(backward_flops(learner, last_batch))
         learner.end_task()
         R.append(accuracy_row(learner, setup.splits, seen=t))
         print(f"[{strategy}] after task {t}: " + " ".join(f"{a:.3f}" for a in R[-1]), flush=True)
-    if device.type == "cuda":
-        memory = torch.cuda.max_memory_allocated(device)
+    # The peak is the first task's for freezing (nothing frozen yet): the per-task figures show the saving.
+    memory = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else max(task_memory)
     run = {"strategy": strategy, "acc_matrix": R, "avg_acc": average_accuracy(R), "forgetting": forgetting(R),
            "bwt": backward_transfer(R), "step_seconds_median": statistics.median(seconds),
-           "peak_memory_bytes": int(memory), "backward_flops_per_step": int(statistics.mean(flops))}
+           "peak_memory_bytes": int(memory), "train_memory_bytes_per_task": task_memory,
+           "backward_flops_per_step": int(statistics.mean(flops))}
     if args.linear_probe:
         final = accuracy_row(learner, setup.splits, seen=len(setup.splits) - 1, mode="agnostic", classifier="linear")
         run["linear_probe_avg_acc"] = sum(final) / len(final)
