@@ -9,6 +9,7 @@ in a long-running daemon's config should never be silently ignored.
 from __future__ import annotations
 
 import json
+import sys
 import tomllib
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -209,6 +210,15 @@ def load_config(path: str | Path | None = None, **overrides) -> StreamdConfig:
         raise ConfigError(format_errors(e)) from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"config file {path} is not valid TOML: {e}") from None
+
+
+def load_config_for_cli(path: str | Path | None) -> StreamdConfig | None:
+    """For a command: a bad configuration is printed to stderr (one line per error) and gives None."""
+    try:
+        return load_config(path)
+    except ConfigError as e:
+        print(f"streamd: {e}", file=sys.stderr)
+        return None
 
 
 def format_errors(error: ValidationError) -> str:

@@ -2,10 +2,9 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
-from streamd.config import ConfigError, load_config, masked_dict, to_toml
+from streamd.config import load_config_for_cli, masked_dict, to_toml
 
 
 def register(subparsers) -> None:
@@ -18,10 +17,8 @@ def register(subparsers) -> None:
 
 
 def show_config(args) -> int:
-    try:
-        cfg = load_config(args.config)
-    except ConfigError as e:
-        print(f"streamd: {e}", file=sys.stderr)
+    cfg = load_config_for_cli(args.config)
+    if cfg is None:
         return 2
     print(to_toml(cfg) if args.format == "toml" else json.dumps(masked_dict(cfg), indent=2))
     return 0

@@ -6,7 +6,7 @@ import logging
 import sys
 from pathlib import Path
 
-from streamd.config import ConfigError, load_config
+from streamd.config import load_config_for_cli
 
 
 def register(subparsers) -> None:
@@ -18,10 +18,8 @@ def register(subparsers) -> None:
 
 
 def main(args) -> int:
-    try:
-        cfg = load_config(args.config)
-    except ConfigError as e:
-        print(f"streamd: {e}", file=sys.stderr)
+    cfg = load_config_for_cli(args.config)
+    if cfg is None:
         return 2
     logging.basicConfig(level=cfg.logging.level, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
