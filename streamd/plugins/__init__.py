@@ -1,7 +1,5 @@
 """Continual-learning plugins; importing a module registers its strategy name."""
 from streamd.plugins.base import PLUGINS, Plugin, build_plugins, register
-from streamd.plugins import replay, lump  # noqa: F401,E402  (registration)
+from streamd.plugins import cassle, exssnet, freeze, kaizen, lump, regularization, replay  # noqa: F401,E402  (registration)
 
 __all__ = ["PLUGINS", "Plugin", "build_plugins", "register"]
-from streamd.plugins import cassle, kaizen, regularization  # noqa: F401,E402  (registration)
-from streamd.plugins import freeze, exssnet  # noqa: F401,E402  (registration)
