@@ -59,3 +59,17 @@ def test_bench_throughput_reports_rates_and_ratios(tmp_path):
     assert ratios["learner_vs_bare"] == pytest.approx(rates["learner"] / rates["bare"])
     assert ratios["augment_vs_learner"] == pytest.approx(rates["augment"] / rates["learner"])
     assert set(result["passed"]) == {"learner_vs_bare", "augment_vs_learner"}
+
+
+def test_bench_freezing_reports_falling_flops_and_memory(tmp_path):
+    out = tmp_path / "f.json"
+    args = build_parser().parse_args(["bench", "freezing", "--arch", "resnet_tiny", "--image-size", "8", "--batch", "8",
+                                      "--rounds", "1", "--device", "cpu", "--proj-hidden", "32", "--proj-dim", "16",
+                                      "--pred-hidden", "8", "--out", str(out)])
+    assert args.func(args) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["frozen_blocks"] for r in rows] == [0, 1, 2, 3, 4]
+    flops = [r["backward_flops"] for r in rows]
+    memory = [r["train_bytes"] for r in rows]
+    assert all(a > b for a, b in zip(flops, flops[1:])) and all(a > b for a, b in zip(memory, memory[1:]))
+    assert rows[0]["backward_flops_vs_unfrozen"] == 1.0 and rows[4]["step_seconds_median"] > 0
