@@ -184,7 +184,8 @@ def main(args: argparse.Namespace) -> int:
     setup = prepare(args)
     result = {"dataset": args.dataset, "objective": args.objective, "split": args.split, "tasks": args.tasks,
               "steps_per_task": setup.steps_per_task, "seed": args.seed, "arch": setup.arch,
-              "image_size": setup.image_size, "batch_size": setup.batch_size,
+              "image_size": setup.image_size, "batch_size": setup.batch_size, "lr": args.lr,
+              "label_fraction": args.label_fraction, "plugin_options": args.plugin_options,
               "machine": {**describe_machine(setup.device), "peak_memory_method": _memory.method(setup.device)},
               "runs": []}
     for strategy in [s.strip() for s in args.strategies.split(",") if s.strip()]:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 
 COLUMNS = ("strategy", "avg acc", "forgetting", "BWT", "linear probe", "step ms (median)",
@@ -31,17 +32,19 @@ def _last_task_memory(run: dict) -> str:
     return f"{last / 1e6:.1f}" if last else "-"
 
 
-def section(result: dict, plot: Path | None, out_dir: Path) -> list[str]:
+def section(result: dict, source: Path, plot: Path | None, out_dir: Path) -> list[str]:
     m = result["machine"]
-    lines = [f"## {result['dataset']}, {result['split']} split, {result['tasks']} tasks, {result['objective']}", "",
+    options = f" Plugin options: `{json.dumps(result['plugin_options'])}`." if result.get("plugin_options") else ""
+    lines = [f"## {result['dataset']}, {result['split']} split, {result['tasks']} tasks, {result['objective']} "
+             f"(`{source.name}`)", "",
              f"Encoder {result['arch']} at {result['image_size']} px, batch {result['batch_size']}, "
-             f"{result['steps_per_task']} steps per task, seed {result['seed']}. Machine: {m.get('device')} "
+             f"{result['steps_per_task']} steps per task, seed {result['seed']}.{options} Machine: {m.get('device')} "
              f"({m.get('cpu_count')} cores, torch {m.get('torch')}, {m.get('torch_threads')} threads). "
              f"Memory: {m.get('peak_memory_method')}.", "",
              "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     lines += ["| " + " | ".join(run_row(r)) + " |" for r in result["runs"]]
     if plot is not None and plot.exists():
-        lines += ["", f"![accuracy matrices]({plot.resolve().relative_to(out_dir.resolve())})"]
+        lines += ["", f"![accuracy matrices]({os.path.relpath(plot, out_dir)})"]
     return lines + [""]
 
 
@@ -53,7 +56,7 @@ def main(args: argparse.Namespace) -> int:
               "earlier accuracy minus the final one; the linear probe is task-agnostic on the final encoder.", ""]
     for path in args.results:
         png = path.with_suffix(".png")
-        lines += section(json.loads(path.read_text()), png if png.exists() else None, args.out.parent)
+        lines += section(json.loads(path.read_text()), path, png if png.exists() else None, args.out.parent)
     args.out.write_text("\n".join(lines))
     print(f"wrote {args.out}")
     return 0
