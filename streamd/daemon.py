@@ -187,7 +187,6 @@ class Daemon:
             self._step(train_images, train_labels)
         self._ack(batch.acks)
         self.prober.maybe_measure(self.learner, self.learner.step_count)
-        self.metrics.observe_plugins(self.learner)
 
     def _step(self, images: torch.Tensor, labels: torch.Tensor) -> StepResult:
         """One learner step and its metrics (streamd/distributed_daemon.py wraps it for ranks)."""
@@ -276,6 +275,7 @@ class Daemon:
         rate = (self.counters.images_trained - self.trained_at_progress) / max(1e-9, now - self.last_progress)
         self.last_progress, self.trained_at_progress = now, self.counters.images_trained
         lag = self.source.lag()
+        self.metrics.observe_plugins(self.learner)  # here, not per step: some plugins' gauges cost a pass over masks
         self.metrics.images_per_second.set(rate)
         if lag is not None:
             self.metrics.consumer_lag.set(lag)

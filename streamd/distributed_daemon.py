@@ -127,7 +127,6 @@ class RankDaemon(Daemon):
         self._round(len(images), step, boundary)
         if self.cluster.is_main:
             self.prober.maybe_measure(self.learner, self.learner.step_count)
-        self.metrics.observe_plugins(self.learner)
 
     def _step(self, images, labels):
         with self.cluster.weighted(len(images)):
