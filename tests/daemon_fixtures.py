@@ -17,6 +17,29 @@ TINY = {"arch": "resnet_tiny", "image_size": 16,
         "objective_kwargs": {"proj_hidden": 64, "proj_dim": 32, "pred_hidden": 16}}
 
 
+def kafka_source_toml(bootstrap: str, topic: str, group: str) -> str:
+    """The [source] snippet of a daemon reading ``topic`` with the fast test client settings."""
+    from conftest import FAST_CLIENT
+
+    options = ", ".join(f"{k} = {v}" for k, v in FAST_CLIENT.items())
+    return f"""[source]
+kind = "kafka"
+[source.kafka]
+bootstrap_servers = "{bootstrap}"
+topic = "{topic}"
+group_id = "{group}"
+max_poll_records = 32
+client_options = {{{options}}}
+"""
+
+
+def produce_kafka(bootstrap: str, topic: str, tasks: int, per_task: int) -> None:
+    """`streamd produce kafka` of digits split by class, with task/label headers."""
+    assert streamd_main(["produce", "kafka", "--bootstrap-servers", bootstrap, "--topic", topic, "--dataset", "digits",
+                         "--split", "class", "--tasks", str(tasks), "--per-task", str(per_task),
+                         "--image-size", "16"]) == 0
+
+
 def write_config(tmp: Path, source: str = "", checkpoint_dir: str = "ckpt") -> Path:
     """A tiny daemon config under ``tmp``; ``source`` is a raw TOML snippet (e.g. a Kafka source)."""
     kw = ", ".join(f"{k} = {v}" for k, v in TINY["objective_kwargs"].items())

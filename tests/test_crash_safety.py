@@ -5,12 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import FAST_CLIENT, create_topic
-from daemon_fixtures import (assert_exactly_once_up_to_checkpoints, consumed_count, produce_dir, read_audit,
-                             start_daemon, wait_until, write_config)
+from conftest import create_topic
+from daemon_fixtures import (assert_exactly_once_up_to_checkpoints, consumed_count, kafka_source_toml, produce_dir,
+                             produce_kafka, read_audit, start_daemon, wait_until, write_config)
 
 from connectors.kafka import committed_offsets
-from streamd.cli import main as streamd_main
 
 TASKS, PER_TASK = 3, 64
 
@@ -24,19 +23,8 @@ def directory_stream(tmp_path: Path) -> tuple[Path, set[str]]:
 
 def kafka_stream(tmp_path: Path, bootstrap: str) -> tuple[Path, set[str]]:
     topic = create_topic(bootstrap, prefix="crash")
-    assert streamd_main(["produce", "kafka", "--bootstrap-servers", bootstrap, "--topic", topic, "--dataset", "digits",
-                         "--split", "class", "--tasks", str(TASKS), "--per-task", str(PER_TASK),
-                         "--image-size", "16"]) == 0
-    options = ", ".join(f"{k} = {v}" for k, v in FAST_CLIENT.items())
-    source = f"""[source]
-kind = "kafka"
-[source.kafka]
-bootstrap_servers = "{bootstrap}"
-topic = "{topic}"
-group_id = "crash-{topic}"
-max_poll_records = 32
-client_options = {{{options}}}
-"""
+    produce_kafka(bootstrap, topic, TASKS, PER_TASK)
+    source = kafka_source_toml(bootstrap, topic, f"crash-{topic}")
     return write_config(tmp_path, source), {f"{topic}:0@{o}" for o in range(TASKS * PER_TASK)}
 
 

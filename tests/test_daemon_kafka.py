@@ -5,12 +5,10 @@ from __future__ import annotations
 import json
 from collections import Counter
 
-from conftest import FAST_CLIENT
-from daemon_fixtures import start_daemon, write_config
+from daemon_fixtures import kafka_source_toml, produce_kafka, start_daemon, write_config
 from kafka import KafkaProducer
 
 from connectors.kafka import committed_offsets
-from streamd.cli import main as streamd_main
 
 TASKS, PER_TASK = 3, 32
 BAD = [(b"\x89PNG\r\n\x1a\n" + b"x" * 50, [("content-type", b"image/png")]),
@@ -18,28 +16,13 @@ BAD = [(b"\x89PNG\r\n\x1a\n" + b"x" * 50, [("content-type", b"image/png")]),
        (b"\x00" * 12, [("content-type", b"application/x-raw-uint8"), ("streamd-shape", b"99999,99999,3")])]
 
 
-def produce(bootstrap: str, topic: str, per_task: int, tasks: int = TASKS) -> None:
-    assert streamd_main(["produce", "kafka", "--bootstrap-servers", bootstrap, "--topic", topic, "--dataset", "digits",
-                         "--split", "class", "--tasks", str(tasks), "--per-task", str(per_task),
-                         "--image-size", "16"]) == 0
-
-
 def kafka_config(tmp_path, bootstrap: str, topic: str, group: str, ckpt: str):
-    options = ", ".join(f"{k} = {v}" for k, v in FAST_CLIENT.items())
-    return write_config(tmp_path, f"""[source]
-kind = "kafka"
-[source.kafka]
-bootstrap_servers = "{bootstrap}"
-topic = "{topic}"
-group_id = "{group}"
-max_poll_records = 32
-client_options = {{{options}}}
-""", checkpoint_dir=ckpt)
+    return write_config(tmp_path, kafka_source_toml(bootstrap, topic, group), checkpoint_dir=ckpt)
 
 
 def test_daemon_consumes_kafka_finds_header_boundaries_and_commits_after_checkpoints(tmp_path, kafka_broker,
                                                                                        kafka_topic):
-    produce(kafka_broker, kafka_topic, PER_TASK)
+    produce_kafka(kafka_broker, kafka_topic, TASKS, PER_TASK)
     producer = KafkaProducer(bootstrap_servers=kafka_broker)
     for payload, headers in BAD:
         producer.send(kafka_topic, payload, headers=headers + [("streamd-task", b"2")])
@@ -59,7 +42,7 @@ def test_daemon_consumes_kafka_finds_header_boundaries_and_commits_after_checkpo
 
     # Without a checkpoint the group's committed offsets decide where a member starts: only the new
     # records are read. Every checkpoint of this run fails (full disk), so nothing more is committed.
-    produce(kafka_broker, kafka_topic, 4, tasks=2)
+    produce_kafka(kafka_broker, kafka_topic, 2, 4)
     summary = start_daemon(kafka_config(tmp_path, kafka_broker, kafka_topic, "g-daemon", "ckpt2"),
                            exit_when_idle=2.0, env={"STREAMD_TEST_FAULTS": "checkpoint_enospc"}).wait(timeout=150)
     assert summary["records_seen"] == 8 and summary["checkpoint_failures"] >= 1 and summary["checkpoints"] == 0
