@@ -11,24 +11,26 @@ from streamd.cli import build_parser
 from streamd.evaluation import average_accuracy, backward_transfer, forgetting
 from streamd.bench.throughput import measure
 
-RUN_KEYS = {"strategy", "acc_matrix", "avg_acc", "forgetting", "bwt", "step_seconds_median", "peak_memory_bytes",
-            "backward_flops_per_step", "linear_probe_avg_acc", "train_memory_bytes_per_task"}
+RUN_KEYS = {"strategy", "seed", "acc_matrix", "avg_acc", "forgetting", "bwt", "step_seconds_median",
+            "peak_memory_bytes", "backward_flops_per_step", "linear_probe_avg_acc", "train_memory_bytes_per_task",
+            "frozen_blocks_per_task"}
 
 
 def test_bench_cl_quick_writes_json_and_png(tmp_path):
     out, png = tmp_path / "r.json", tmp_path / "r.png"
     cmd = [sys.executable, "-m", "streamd", "bench", "cl", "--quick", "--dataset", "digits", "--split", "class",
            "--tasks", "2", "--steps-per-task", "2", "--batch-size", "16", "--image-size", "8", "--strategies", "finetune,replay+lump",
-           "--seed", "1", "--out", str(out), "--plot", str(png)]
+           "--seeds", "1,2", "--out", str(out), "--plot", str(png)]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(out.read_text())
-    assert {k: result[k] for k in ("dataset", "objective", "split", "tasks", "steps_per_task", "seed", "arch",
+    assert {k: result[k] for k in ("dataset", "objective", "split", "tasks", "steps_per_task", "seeds", "arch",
                                    "image_size", "batch_size")} == {
-        "dataset": "digits", "objective": "simsiam", "split": "class", "tasks": 2, "steps_per_task": 2, "seed": 1,
+        "dataset": "digits", "objective": "simsiam", "split": "class", "tasks": 2, "steps_per_task": 2, "seeds": [1, 2],
         "arch": "resnet_tiny", "image_size": 8, "batch_size": 16}
     assert result["machine"]["device"] == "cpu" and "peak_memory_method" in result["machine"]
-    assert [r["strategy"] for r in result["runs"]] == ["finetune", "replay+lump"]
+    assert [(r["strategy"], r["seed"]) for r in result["runs"]] == [
+        ("finetune", 1), ("replay+lump", 1), ("finetune", 2), ("replay+lump", 2)]
     for run in result["runs"]:
         assert set(run) == RUN_KEYS
         R = run["acc_matrix"]
@@ -37,8 +39,17 @@ def test_bench_cl_quick_writes_json_and_png(tmp_path):
         assert run["forgetting"] == pytest.approx(forgetting(R))
         assert run["bwt"] == pytest.approx(backward_transfer(R))
         assert run["step_seconds_median"] > 0 and run["peak_memory_bytes"] > 0 and run["backward_flops_per_step"] > 0
+        assert run["frozen_blocks_per_task"] == [0, 0]
     # replay adds half a batch of replayed rows: more activations saved for backward than fine-tuning
     assert result["runs"][1]["peak_memory_bytes"] > result["runs"][0]["peak_memory_bytes"]
+    # the seeds drew different batches, so the runs differ; the summary is their mean and paired difference
+    finetune, mixed = result["summary"]
+    assert result["runs"][0]["acc_matrix"] != result["runs"][2]["acc_matrix"]
+    assert finetune["avg_acc"]["values"] == [result["runs"][0]["avg_acc"], result["runs"][2]["avg_acc"]]
+    assert finetune["avg_acc"]["mean"] == pytest.approx((result["runs"][0]["avg_acc"] + result["runs"][2]["avg_acc"]) / 2)
+    assert finetune["avg_acc_minus_reference"]["values"] == [0.0, 0.0]
+    assert mixed["avg_acc_minus_reference"]["values"] == pytest.approx(
+        [result["runs"][1]["avg_acc"] - result["runs"][0]["avg_acc"], result["runs"][3]["avg_acc"] - result["runs"][2]["avg_acc"]])
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
     # `bench table` turns the JSON into the markdown of docs/results.md: one row per run, the plot linked
     md = tmp_path / "results.md"
@@ -47,7 +58,9 @@ def test_bench_cl_quick_writes_json_and_png(tmp_path):
     text = md.read_text()
     assert "    streamd bench cl ..." in text
     rows = [line for line in text.splitlines() if line.startswith("| finetune") or line.startswith("| replay+lump")]
-    assert len(rows) == 2 and f"{result['runs'][0]['avg_acc']:.3f}" in rows[0] and "![accuracy matrices](r.png)" in text
+    assert len(rows) == 2 and f"| {finetune['avg_acc']['mean']:.3f} ± {finetune['avg_acc']['std']:.3f} |" in rows[0]
+    assert f"| {mixed['avg_acc_minus_reference']['mean']:+.3f} ± " in rows[1]
+    assert "seeds 1, 2 (mean ± sample sd" in text and "![accuracy matrices, mean over seeds](r.png)" in text
 
 
 def test_bench_throughput_reports_rates_and_ratios(tmp_path):

@@ -3,7 +3,9 @@
 Every strategy gets the same seed, the same task order, the same batches (indices and which
 samples carry labels) and the same number of steps, so differences come from the strategy alone.
 After each task the encoder is evaluated on every task's test set with the weighted kNN (task-aware),
-giving the accuracy matrix R and its average accuracy, forgetting and backward transfer.
+giving the accuracy matrix R and its average accuracy, forgetting and backward transfer. With several
+seeds every seed redraws the split, the batches and the initial weights, and the JSON adds a summary:
+mean and spread per strategy, and each strategy's paired difference from the first one.
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ import torch
 from models.objectives import OBJECTIVES
 from streamd.bench import _memory
 from streamd.bench._machine import describe_machine, synced_clock
+from streamd.bench._summary import summarize
 from streamd.data import Task, task_stream, train_test
 from streamd.evaluation import accuracy_row, average_accuracy, backward_transfer, forgetting
 from streamd.flops import backward_flops
@@ -41,7 +44,7 @@ def register(subparsers) -> None:
     p.add_argument("--objective", default="simsiam", choices=sorted(OBJECTIVES))
     p.add_argument("--strategies", default="finetune,replay,lump",
                    help="comma-separated; plugins combine with '+', e.g. cassle+replay")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seeds", type=seed_list, default=[0], help="comma-separated, e.g. 0,1,2 (default 0)")
     p.add_argument("--quick", action="store_true", help="tiny settings: " + json.dumps(QUICK))
     for name in ("steps_per_task", "batch_size", "image_size", "proj_hidden", "proj_dim", "pred_hidden"):
         p.add_argument("--" + name.replace("_", "-"), type=int, default=None,
@@ -60,11 +63,19 @@ def register(subparsers) -> None:
     p.set_defaults(func=main)
 
 
+def seed_list(text: str) -> list[int]:
+    seeds = [int(s) for s in text.split(",") if s.strip()]
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise argparse.ArgumentTypeError(f"need distinct integer seeds, got {text!r}")
+    return seeds
+
+
 @dataclass
 class Setup:
     """Everything a strategy run shares with the others."""
 
     args: argparse.Namespace
+    seed: int
     arch: str
     image_size: int
     batch_size: int
@@ -95,13 +106,13 @@ def batch_schedule(n: int, batch_size: int, steps: int, label_fraction: float, s
     return [(order[s * batch_size:(s + 1) * batch_size], labelled[s]) for s in range(steps)]
 
 
-def prepare(args: argparse.Namespace) -> Setup:
+def prepare(args: argparse.Namespace, seed: int) -> Setup:
     v = resolve(args)
-    tasks = task_stream(args.dataset, args.split, args.tasks, v["image_size"], args.seed)
-    splits = [train_test(t, 0.2, args.seed) for t in tasks]
+    tasks = task_stream(args.dataset, args.split, args.tasks, v["image_size"], seed)
+    splits = [train_test(t, 0.2, seed) for t in tasks]
     schedule = [batch_schedule(len(train.labels), v["batch_size"], v["steps_per_task"], args.label_fraction,
-                               args.seed * 1000 + i) for i, (train, _) in enumerate(splits)]
-    return Setup(args, v["arch"], v["image_size"], v["batch_size"], v["steps_per_task"],
+                               seed * 1000 + i) for i, (train, _) in enumerate(splits)]
+    return Setup(args, seed, v["arch"], v["image_size"], v["batch_size"], v["steps_per_task"],
                  objective_kwargs(args.objective, v), resolve_device(args.device), splits, schedule)
 
 
@@ -129,26 +140,27 @@ def train_task(learner, train: Task, schedule, device: torch.device) -> tuple[li
 
 def run_strategy(setup: Setup, strategy: str) -> dict:
     args, device = setup.args, setup.device
-    torch.manual_seed(args.seed)
+    torch.manual_seed(setup.seed)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     learner = build_learner(setup.arch, setup.image_size, args.objective, strategy,
                             objective_kwargs=setup.objective_kwargs, plugin_options=args.plugin_options,
                             optim=OptimConfig(lr=args.lr), device=str(device))
-    R, seconds, task_memory, flops = [], [], [], []
+    R, seconds, task_memory, flops, frozen = [], [], [], [], []
     for t, (train, _) in enumerate(setup.splits):
         learner.begin_task(t)
         task_seconds, memory, task_flops = train_task(learner, train, setup.schedule[t], device)
         seconds, task_memory, flops = seconds + task_seconds, task_memory + [memory], flops + [task_flops]
+        frozen.append(learner.encoder.frozen_blocks)   # frozen while the task's last steps trained
         learner.end_task()
         R.append(accuracy_row(learner, setup.splits, seen=t))
-        print(f"[{strategy}] after task {t}: " + " ".join(f"{a:.3f}" for a in R[-1]), flush=True)
+        print(f"[{strategy} seed {setup.seed}] after task {t}: " + " ".join(f"{a:.3f}" for a in R[-1]), flush=True)
     # The peak is the first task's for freezing (nothing frozen yet): the per-task figures show the saving.
     memory = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else max(task_memory)
-    run = {"strategy": strategy, "acc_matrix": R, "avg_acc": average_accuracy(R), "forgetting": forgetting(R),
+    run = {"strategy": strategy, "seed": setup.seed, "acc_matrix": R, "avg_acc": average_accuracy(R), "forgetting": forgetting(R),
            "bwt": backward_transfer(R), "step_seconds_median": statistics.median(seconds),
            "peak_memory_bytes": int(memory), "train_memory_bytes_per_task": task_memory,
-           "backward_flops_per_step": int(statistics.mean(flops))}
+           "backward_flops_per_step": int(statistics.mean(flops)), "frozen_blocks_per_task": frozen}
     if args.linear_probe:
         final = accuracy_row(learner, setup.splits, seen=len(setup.splits) - 1, mode="agnostic", classifier="linear")
         run["linear_probe_avg_acc"] = sum(final) / len(final)
@@ -156,45 +168,52 @@ def run_strategy(setup: Setup, strategy: str) -> dict:
 
 
 def plot(result: dict, path: Path) -> None:
-    """One heatmap of R per strategy (rows: after training task i; columns: evaluated task j)."""
+    """One heatmap of R per strategy, averaged over seeds (rows: after task i; columns: evaluated task j)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    runs = result["runs"]
+    runs = result["summary"]
     fig, axes = plt.subplots(1, len(runs), figsize=(3.2 * len(runs), 3.8), squeeze=False)
     for ax, run in zip(axes[0], runs):
-        R = torch.tensor(run["acc_matrix"])
+        R = torch.tensor([r["acc_matrix"] for r in result["runs"] if r["strategy"] == run["strategy"]]).mean(0)
         ax.imshow(R, vmin=0, vmax=1, cmap="viridis")
         for (i, j), a in zip(torch.cartesian_prod(torch.arange(R.shape[0]), torch.arange(R.shape[1])).tolist(),
                              R.flatten().tolist()):
             ax.text(j, i, f"{a:.2f}", ha="center", va="center", fontsize=7, color="white" if a < 0.6 else "black")
-        ax.set_title(f"{run['strategy']}\nacc {run['avg_acc']:.3f} fgt {run['forgetting']:.3f}", fontsize=9)
+        ax.set_title(f"{run['strategy']}\nacc {run['avg_acc']['mean']:.3f} fgt {run['forgetting']['mean']:.3f}",
+                     fontsize=9)
         ax.set_xlabel("evaluated task j")
         ax.set_ylabel("after task i")
     fig.suptitle(f"{result['dataset']} {result['split']} x{result['tasks']}, {result['objective']}, "
-                 f"{result['steps_per_task']} steps/task", fontsize=10)
+                 f"{result['steps_per_task']} steps/task, mean of seeds {result['seeds']}", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
 
 def main(args: argparse.Namespace) -> int:
-    setup = prepare(args)
+    strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
+    setups = [prepare(args, seed) for seed in args.seeds]
+    setup = setups[0]
     result = {"dataset": args.dataset, "objective": args.objective, "split": args.split, "tasks": args.tasks,
-              "steps_per_task": setup.steps_per_task, "seed": args.seed, "arch": setup.arch,
+              "steps_per_task": setup.steps_per_task, "seeds": args.seeds, "arch": setup.arch,
               "image_size": setup.image_size, "batch_size": setup.batch_size, "lr": args.lr,
               "label_fraction": args.label_fraction, "plugin_options": args.plugin_options,
               "machine": {**describe_machine(setup.device), "peak_memory_method": _memory.method(setup.device)},
               "runs": []}
-    for strategy in [s.strip() for s in args.strategies.split(",") if s.strip()]:
-        result["runs"].append(run_strategy(setup, strategy))
-        args.out.write_text(json.dumps(result, indent=2))   # partial results survive a later failure
+    for setup in setups:
+        for strategy in strategies:
+            result["runs"].append(run_strategy(setup, strategy))
+            result["summary"] = summarize(result["runs"])
+            args.out.write_text(json.dumps(result, indent=2))   # partial results survive a later failure
     if args.plot:
         plot(result, args.plot)
-    for run in result["runs"]:
-        print(f"{run['strategy']:>24}: avg_acc {run['avg_acc']:.3f}  forgetting {run['forgetting']:.3f}  "
-              f"bwt {run['bwt']:+.3f}  step {run['step_seconds_median'] * 1e3:.0f} ms")
+    for entry in result["summary"]:
+        acc, fgt, diff = entry["avg_acc"], entry["forgetting"], entry["avg_acc_minus_reference"]
+        print(f"{entry['strategy']:>24}: avg_acc {acc['mean']:.3f} ± {acc['std']:.3f}  "
+              f"forgetting {fgt['mean']:+.3f} ± {fgt['std']:.3f}  "
+              f"acc - {entry['vs']} {diff['mean']:+.3f} ± {diff['std']:.3f}  ({len(entry['seeds'])} seeds)")
     print(f"wrote {args.out}" + (f" and {args.plot}" if args.plot else ""))
     return 0

@@ -4,10 +4,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 from pathlib import Path
 
-COLUMNS = ("strategy", "avg acc", "forgetting", "BWT", "linear probe", "step ms (median)",
-           "train memory MB (peak; last task)", "backward GFLOP/step")
+COLUMNS = ("strategy", "avg acc", "acc - first row (paired)", "forgetting", "BWT", "linear probe",
+           "step ms (median)", "train memory MB (peak; last task)", "backward GFLOP/step", "frozen blocks per task")
 
 
 def register(subparsers) -> None:
@@ -18,33 +19,52 @@ def register(subparsers) -> None:
     p.set_defaults(func=main)
 
 
-def run_row(run: dict) -> list[str]:
-    probe = run.get("linear_probe_avg_acc")
-    return [run["strategy"], f"{run['avg_acc']:.3f}", f"{run['forgetting']:+.3f}", f"{run['bwt']:+.3f}",
-            "-" if probe is None else f"{probe:.3f}", f"{run['step_seconds_median'] * 1e3:.0f}",
-            f"{run['peak_memory_bytes'] / 1e6:.1f}; {_last_task_memory(run)}",
-            f"{run['backward_flops_per_step'] / 1e9:.2f}"]
+def stat(entry: dict | None, fmt: str) -> str:
+    """"0.871" for one seed, "0.871 ± 0.012" (sample sd) for several."""
+    if entry is None:
+        return "-"
+    text = format(entry["mean"], fmt)
+    return text if len(entry["values"]) == 1 else f"{text} ± {entry['std']:.3f}"
 
 
-def _last_task_memory(run: dict) -> str:
+def summary_row(entry: dict, runs: list[dict]) -> list[str]:
+    mine = [r for r in runs if r["strategy"] == entry["strategy"]]
+    first = entry["strategy"] == runs[0]["strategy"]
+    return [entry["strategy"], stat(entry["avg_acc"], ".3f"),
+            "-" if first else stat(entry["avg_acc_minus_reference"], "+.3f"),
+            stat(entry["forgetting"], "+.3f"), stat(entry["bwt"], "+.3f"), stat(entry.get("linear_probe_avg_acc"), ".3f"),
+            f"{statistics.median(r['step_seconds_median'] for r in mine) * 1e3:.0f}",
+            f"{max(r['peak_memory_bytes'] for r in mine) / 1e6:.1f}; {_last_task_memory(mine)}",
+            f"{entry['backward_flops_per_step']['mean'] / 1e9:.2f}", _frozen(mine)]
+
+
+def _last_task_memory(runs: list[dict]) -> str:
     """Per-task training bytes exist on CPU only (on GPU the allocator's peak covers the run)."""
-    last = (run.get("train_memory_bytes_per_task") or [0])[-1]
-    return f"{last / 1e6:.1f}" if last else "-"
+    last = [(r.get("train_memory_bytes_per_task") or [0])[-1] for r in runs]
+    return f"{statistics.fmean(last) / 1e6:.1f}" if all(last) else "-"
+
+
+def _frozen(runs: list[dict]) -> str:
+    """The frozen-block count of each task, averaged over seeds where they differ."""
+    per_task = list(zip(*(r["frozen_blocks_per_task"] for r in runs)))
+    return ", ".join(f"{statistics.fmean(t):g}" for t in per_task) if any(map(any, per_task)) else "-"
 
 
 def section(result: dict, source: Path, plot: Path | None, out_dir: Path) -> list[str]:
     m = result["machine"]
     options = f" Plugin options: `{json.dumps(result['plugin_options'])}`." if result.get("plugin_options") else ""
+    seeds = result["seeds"]
+    spread = " (mean ± sample sd over seeds; paired: per-seed difference from the first row)" if len(seeds) > 1 else ""
     lines = [f"## {result['dataset']}, {result['split']} split, {result['tasks']} tasks, {result['objective']} "
              f"(`{source.name}`)", "",
              f"Encoder {result['arch']} at {result['image_size']} px, batch {result['batch_size']}, "
-             f"{result['steps_per_task']} steps per task, seed {result['seed']}.{options} Machine: {m.get('device')} "
-             f"({m.get('cpu_count')} cores, torch {m.get('torch')}, {m.get('torch_threads')} threads). "
-             f"Memory: {m.get('peak_memory_method')}.", "",
+             f"{result['steps_per_task']} steps per task, seeds {', '.join(map(str, seeds))}{spread}.{options} "
+             f"Machine: {m.get('device')} ({m.get('cpu_count')} cores, torch {m.get('torch')}, "
+             f"{m.get('torch_threads')} threads). Memory: {m.get('peak_memory_method')}.", "",
              "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    lines += ["| " + " | ".join(run_row(r)) + " |" for r in result["runs"]]
+    lines += ["| " + " | ".join(summary_row(e, result["runs"])) + " |" for e in result["summary"]]
     if plot is not None and plot.exists():
-        lines += ["", f"![accuracy matrices]({os.path.relpath(plot, out_dir)})"]
+        lines += ["", f"![accuracy matrices, mean over seeds]({os.path.relpath(plot, out_dir)})"]
     return lines + [""]
 
 
