@@ -28,6 +28,9 @@ class DirectorySourceConfig(_Section):
     path: Path = Path("./var/inbox")
     task_from_subfolder: bool = True
     settle_seconds: float = Field(1.0, ge=0)
+    on_commit: Literal["keep", "delete", "move"] = Field(
+        "keep", description="what happens to a file (and its sidecar) once a durable checkpoint covers it")
+    done_dir: Path | None = Field(None, description="where 'move' puts finished files; default <path>/.done")
 
 
 class KafkaSourceConfig(_Section):

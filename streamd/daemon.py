@@ -353,7 +353,8 @@ def build_source(cfg: StreamdConfig) -> Source:
     if s.kind == "directory":
         from connectors.directory import DirectorySource
         s.directory.path.mkdir(parents=True, exist_ok=True)
-        return DirectorySource(s.directory.path, s.directory.task_from_subfolder, s.directory.settle_seconds)
+        d = s.directory
+        return DirectorySource(d.path, d.task_from_subfolder, d.settle_seconds, d.on_commit, d.done_dir)
     if s.kind == "kafka":
         from connectors.kafka import KafkaSource
         k = s.kafka

@@ -60,6 +60,22 @@ def test_daemon_consumes_a_task_stream_finds_header_boundaries_and_dead_letters_
     assert "img/s" in daemon.log(), "progress lines while it runs"
 
 
+def test_move_on_commit_retires_every_checkpointed_file_with_its_sidecar(tmp_path):
+    inbox, done = tmp_path / "inbox", tmp_path / "done"
+    produce_dir(inbox, 2, 24)
+    positions = file_positions(inbox)
+    moves = f'on_commit = "move"\ndone_dir = "{done}"\n'
+    config = write_config(tmp_path)
+    config.write_text(config.read_text().replace("settle_seconds = 0.1\n", "settle_seconds = 0.1\n" + moves))
+    summary = start_daemon(config, exit_when_idle=1.5).wait(timeout=120)
+
+    assert summary["records_decoded"] == len(positions) == 48
+    assert not [p for p in inbox.rglob("*") if p.is_file()], "every file was covered by the final checkpoint"
+    assert sorted(p.relative_to(done).as_posix() for p in done.rglob("*.png")) == sorted(positions)
+    assert len(list(done.rglob("*.png.json"))) == len(positions)
+    assert summary["checkpoint_failures"] == 0
+
+
 def test_sigterm_finishes_the_step_checkpoints_and_exits_zero(tmp_path):
     inbox = tmp_path / "inbox"
     produce_dir(inbox, 2, 200)
