@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from streamd.learner import Learner
 
 Mode = Literal["aware", "agnostic"]
+INFER_CHUNK = 64   # test images per task inference when the task id is not given
 
 
 # Classifiers on frozen features ----------------------------------------------------------------
@@ -94,10 +95,15 @@ def backward_transfer(R: Sequence[Sequence[float]]) -> float:
 
 
 # Evaluating a learner ------------------------------------------------------------------------------
+def _task_masks(learner: "Learner"):
+    """The plugin that keeps per-task masks (one with ``use_task``, e.g. ExSSNeT), if any."""
+    return next((p for p in learner.plugins if hasattr(p, "use_task")), None)
+
+
 def embed_task(learner: "Learner", images: torch.Tensor, task: int) -> torch.Tensor:
-    """Features of ``images`` of ``task``. Learners with per-task masks (a plugin with ``use_task``,
-    e.g. ExSSNeT) see each task through its own mask; unseen tasks use the current one."""
-    masks = next((p for p in learner.plugins if hasattr(p, "use_task")), None)
+    """Features of ``images`` of ``task``. Learners with per-task masks see each task through its
+    own mask; unseen tasks use the current one."""
+    masks = _task_masks(learner)
     if masks is None:
         return learner.embed(images)
     masks.use_task(learner, min(task, learner.task))
@@ -107,13 +113,35 @@ def embed_task(learner: "Learner", images: torch.Tensor, task: int) -> torch.Ten
         masks.use_task(learner, learner.task)
 
 
+def embed_unknown_task(learner: "Learner", images: torch.Tensor, chunk: int = INFER_CHUNK) -> torch.Tensor:
+    """Features of ``images`` whose task is not given: a learner with per-task masks infers the task
+    of each chunk of ``chunk`` images (one chunk is assumed to come from one task, as in SupSup's
+    one-batch inference) and embeds the chunk through that task's mask."""
+    masks = _task_masks(learner)
+    if masks is None:
+        return learner.embed(images)
+    return torch.cat([embed_task(learner, part, masks.infer_task(learner, part)) for part in images.split(chunk)])
+
+
+def task_inference_accuracy(learner: "Learner", splits: Sequence[tuple["Task", "Task"]],
+                            chunk: int = INFER_CHUNK) -> float | None:
+    """Share of test chunks whose task a mask learner infers correctly; None without masks."""
+    masks = _task_masks(learner)
+    if masks is None:
+        return None
+    hits = [masks.infer_task(learner, part) == j for j, (_, test) in enumerate(splits)
+            for part in test.images.split(chunk)]
+    return sum(hits) / len(hits)
+
+
 def accuracy_row(learner: "Learner", splits: Sequence[tuple["Task", "Task"]], seen: int,
                  mode: Mode = "aware", classifier: str = "knn") -> list[float]:
     """Row ``seen`` of R: accuracy on every task j after training tasks 0..seen, from the
     (train, test) pairs of ``streamd.data.train_test``.
 
     aware: task j's test set against task j's train features. agnostic: against the train features
-    of all tasks 0..seen (an unseen class can never be predicted, so unseen class tasks score 0).
+    of all tasks 0..seen (an unseen class can never be predicted, so unseen class tasks score 0);
+    the test images' task is not given, so a mask learner has to infer it (``embed_unknown_task``).
     """
     classify = {"knn": knn_accuracy, "linear": linear_probe_accuracy}[classifier]
     train = [(embed_task(learner, tr.images, j), tr.labels) for j, (tr, _) in enumerate(splits)]
@@ -121,5 +149,6 @@ def accuracy_row(learner: "Learner", splits: Sequence[tuple["Task", "Task"]], se
     row = []
     for j, (_, test) in enumerate(splits):
         feats, labels = train[j] if mode == "aware" else bank
-        row.append(classify(feats, labels, embed_task(learner, test.images, j), test.labels))
+        test_feats = embed_task(learner, test.images, j) if mode == "aware" else embed_unknown_task(learner, test.images)
+        row.append(classify(feats, labels, test_feats, test.labels))
     return row

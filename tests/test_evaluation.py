@@ -6,7 +6,7 @@ import torch
 
 from streamd.data import Task
 from streamd.evaluation import (accuracy_row, average_accuracy, backward_transfer, forgetting, knn_accuracy,
-                                knn_predict, linear_probe_accuracy)
+                                knn_predict, linear_probe_accuracy, task_inference_accuracy)
 
 
 def clusters(n_per_class: int, classes: list[int], dim: int = 16, seed: int = 0, spread: float = 0.3):
@@ -108,3 +108,41 @@ def test_per_task_masks_are_used_for_each_task_and_restored():
     accuracy_row(FlatLearner([masks]), toy_splits(), seen=1)
     used = masks.calls[0::2]
     assert sorted(set(used)) == [0, 1] and set(masks.calls[1::2]) == {1}
+
+
+class SignMasks:
+    """Per-task 'masks' that flip a task-specific set of feature signs; ``infer`` plays the task inference."""
+
+    def __init__(self, infer):
+        self.infer, self.active = infer, 1
+
+    def use_task(self, learner, t):
+        self.active = t
+
+    def infer_task(self, learner, images):
+        return self.infer(images)
+
+    def signs(self):
+        return torch.randint(0, 2, (8,), generator=torch.Generator().manual_seed(self.active)) * 2 - 1
+
+
+class MaskedFlatLearner(FlatLearner):
+    def embed(self, images):
+        return images.flatten(1).float() * self.plugins[0].signs()
+
+
+@pytest.mark.parametrize("infer, expected", [(lambda images: 0 if images.mean() < 10 else 1, 1.0),
+                                             (lambda images: 0, 0.5)])
+def test_agnostic_rows_embed_test_chunks_through_the_inferred_task_mask(infer, expected):
+    splits = toy_splits()
+    for j, (_, test) in enumerate(splits):   # tell the true task apart by an offset the inference can see
+        test.images += 100 * j
+        splits[j][0].images += 100 * j
+    learner = MaskedFlatLearner([SignMasks(infer)])
+    assert task_inference_accuracy(learner, splits) == expected
+    row = accuracy_row(learner, splits, seen=1, mode="agnostic")
+    if expected == 1.0:
+        assert row == [1.0, 1.0]
+    else:   # task 1's test chunk went through task 0's mask: its features no longer match its train features
+        assert row[0] == 1.0 and row[1] < 0.9
+    assert task_inference_accuracy(FlatLearner(), splits) is None

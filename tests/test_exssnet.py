@@ -139,6 +139,21 @@ def test_kkt_copies_the_scores_of_the_earlier_task_whose_mask_fits_the_new_data(
     assert decision["by"] == "ssl" and decision["chosen"] == min((0, 1), key=decision["fits"].__getitem__)
 
 
+def test_task_inference_picks_the_lowest_loss_task_and_changes_no_state():
+    learner = make_learner()
+    plugin = learner.plugin("exssnet")
+    for task in (0, 1, 2):
+        learner.begin_task(task)
+        learner.step(noise(task))
+    before = {k: v.clone() for k, v in learner.state_dict()["objective"].items()}
+    images = noise(9)
+    losses = plugin.ssl_losses(learner, images, [plugin.slots[t] for t in (0, 1, 2)])
+    assert plugin.infer_task(learner, images) == min((0, 1, 2), key=losses.__getitem__)
+    after = learner.state_dict()["objective"]
+    assert all(torch.equal(before[k], after[k]) for k in before), "weights, scores and BN statistics unchanged"
+    assert {m.slot for m in masked_layers(learner.encoder)} == {plugin.slots[2]} and learner.objective.training
+
+
 # Persistence ---------------------------------------------------------------------------------
 
 def test_all_plugin_state_survives_save_and_restore_bit_for_bit(tmp_path):

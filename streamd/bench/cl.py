@@ -23,7 +23,8 @@ from streamd.bench import _memory
 from streamd.bench._machine import describe_machine, synced_clock
 from streamd.bench._summary import summarize
 from streamd.data import Task, task_stream, train_test
-from streamd.evaluation import accuracy_row, average_accuracy, backward_transfer, forgetting
+from streamd.evaluation import (accuracy_row, average_accuracy, backward_transfer, forgetting,
+                                task_inference_accuracy)
 from streamd.flops import backward_flops
 from streamd.learner import build_learner, resolve_device
 from streamd.optim import OptimConfig
@@ -164,6 +165,9 @@ def run_strategy(setup: Setup, strategy: str) -> dict:
     if args.linear_probe:
         final = accuracy_row(learner, setup.splits, seen=len(setup.splits) - 1, mode="agnostic", classifier="linear")
         run["linear_probe_avg_acc"] = sum(final) / len(final)
+    inferred = task_inference_accuracy(learner, setup.splits)
+    if inferred is not None:   # mask learners: how often the task of a test chunk is found without its id
+        run["task_inference_accuracy"] = inferred
     return run
 
 

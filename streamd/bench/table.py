@@ -50,6 +50,17 @@ def _frozen(runs: list[dict]) -> str:
     return ", ".join(f"{statistics.fmean(t):g}" for t in per_task) if any(map(any, per_task)) else "-"
 
 
+def _task_inference(runs: list[dict]) -> list[str]:
+    """Mask learners are probed without task ids too: how often they found the task of a test chunk."""
+    found = {}
+    for r in runs:
+        if "task_inference_accuracy" in r:
+            found.setdefault(r["strategy"], []).append(r["task_inference_accuracy"])
+    return ["", "Task inferred without its id (chunks of 64 test images; the linear probe uses it): " + "; ".join(
+        f"{name} {statistics.fmean(v):.2f} (per seed {', '.join(f'{x:.2f}' for x in v)})" for name, v in found.items())
+    ] if found else []
+
+
 def section(result: dict, source: Path, plot: Path | None, out_dir: Path) -> list[str]:
     m = result["machine"]
     options = f" Plugin options: `{json.dumps(result['plugin_options'])}`." if result.get("plugin_options") else ""
@@ -63,6 +74,7 @@ def section(result: dict, source: Path, plot: Path | None, out_dir: Path) -> lis
              f"{m.get('torch_threads')} threads). Memory: {m.get('peak_memory_method')}.", "",
              "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     lines += ["| " + " | ".join(summary_row(e, result["runs"])) + " |" for e in result["summary"]]
+    lines += _task_inference(result["runs"])
     if plot is not None and plot.exists():
         lines += ["", f"![accuracy matrices, mean over seeds]({os.path.relpath(plot, out_dir)})"]
     return lines + [""]

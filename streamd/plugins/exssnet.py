@@ -17,7 +17,10 @@ A task runs through phases, counted in steps because a stream's length is unknow
 A task id seen before reuses its slot with the encoder fixed (its weights are now shared).
 Inference: ``use_task(learner, task)`` when the task id is known (e.g. from a header), else
 ``infer_task`` picks the slot with the lowest SSL loss on the images (chosen over SupSup's
-one-shot entropy gradient because SSL has no classifier to take an entropy of).
+one-shot entropy gradient because SSL has no classifier to take an entropy of). On mnist5k class
+tasks this finds the task of a 64-image chunk little better than chance (docs/results.md): the
+projection heads are shared and keep training, so every slot's loss is measured through heads
+tuned to the newest mask. Give the task id in a header where it matters.
 The projection/prediction heads are shared and always train; only encoder features are per task.
 """
 from __future__ import annotations
