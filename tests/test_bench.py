@@ -19,9 +19,9 @@ RUN_KEYS = {"strategy", "seed", "acc_matrix", "avg_acc", "forgetting", "bwt", "s
 def test_bench_cl_quick_writes_json_and_png(tmp_path):
     out, png = tmp_path / "r.json", tmp_path / "r.png"
     cmd = [sys.executable, "-m", "streamd", "bench", "cl", "--quick", "--dataset", "digits", "--split", "class",
-           "--tasks", "2", "--steps-per-task", "2", "--batch-size", "16", "--image-size", "8", "--strategies", "finetune,replay+lump",
-           "--seeds", "1,2", "--out", str(out), "--plot", str(png)]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+           "--tasks", "2", "--steps-per-task", "2", "--batch-size", "16", "--image-size", "8", "--strategies", "finetune,replay+lump,lump+freeze",
+           "--seeds", "1,2", "--plugin-options", '{"freeze": {"threshold": -1, "decide_after": 1}}', "--out", str(out), "--plot", str(png)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(out.read_text())
     assert {k: result[k] for k in ("dataset", "objective", "split", "tasks", "steps_per_task", "seeds", "arch",
@@ -30,7 +30,7 @@ def test_bench_cl_quick_writes_json_and_png(tmp_path):
         "arch": "resnet_tiny", "image_size": 8, "batch_size": 16}
     assert result["machine"]["device"] == "cpu" and "peak_memory_method" in result["machine"]
     assert [(r["strategy"], r["seed"]) for r in result["runs"]] == [
-        ("finetune", 1), ("replay+lump", 1), ("finetune", 2), ("replay+lump", 2)]
+        ("finetune", 1), ("replay+lump", 1), ("lump+freeze", 1), ("finetune", 2), ("replay+lump", 2), ("lump+freeze", 2)]
     for run in result["runs"]:
         assert set(run) == RUN_KEYS
         R = run["acc_matrix"]
@@ -39,17 +39,19 @@ def test_bench_cl_quick_writes_json_and_png(tmp_path):
         assert run["forgetting"] == pytest.approx(forgetting(R))
         assert run["bwt"] == pytest.approx(backward_transfer(R))
         assert run["step_seconds_median"] > 0 and run["peak_memory_bytes"] > 0 and run["backward_flops_per_step"] > 0
-        assert run["frozen_blocks_per_task"] == [0, 0]
+        # any CKA passes threshold -1: one block freezes after the first step of task 1, before its middle step
+        assert run["frozen_blocks_per_task"] == ([0, 1] if run["strategy"] == "lump+freeze" else [0, 0])
     # replay adds half a batch of replayed rows: more activations saved for backward than fine-tuning
     assert result["runs"][1]["peak_memory_bytes"] > result["runs"][0]["peak_memory_bytes"]
     # the seeds drew different batches, so the runs differ; the summary is their mean and paired difference
-    finetune, mixed = result["summary"]
-    assert result["runs"][0]["acc_matrix"] != result["runs"][2]["acc_matrix"]
-    assert finetune["avg_acc"]["values"] == [result["runs"][0]["avg_acc"], result["runs"][2]["avg_acc"]]
-    assert finetune["avg_acc"]["mean"] == pytest.approx((result["runs"][0]["avg_acc"] + result["runs"][2]["avg_acc"]) / 2)
+    finetune, mixed, _ = result["summary"]
+    f1, m1, _, f2, m2, _ = result["runs"]
+    assert f1["acc_matrix"] != f2["acc_matrix"]
+    assert finetune["avg_acc"]["values"] == [f1["avg_acc"], f2["avg_acc"]]
+    assert finetune["avg_acc"]["mean"] == pytest.approx((f1["avg_acc"] + f2["avg_acc"]) / 2)
     assert finetune["avg_acc_minus_reference"]["values"] == [0.0, 0.0]
-    assert mixed["avg_acc_minus_reference"]["values"] == pytest.approx(
-        [result["runs"][1]["avg_acc"] - result["runs"][0]["avg_acc"], result["runs"][3]["avg_acc"] - result["runs"][2]["avg_acc"]])
+    assert mixed["avg_acc_minus_reference"]["values"] == pytest.approx([m1["avg_acc"] - f1["avg_acc"],
+                                                                        m2["avg_acc"] - f2["avg_acc"]])
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
     # `bench table` turns the JSON into the markdown of docs/results.md: one row per run, the plot linked
     md = tmp_path / "results.md"
@@ -57,8 +59,8 @@ def test_bench_cl_quick_writes_json_and_png(tmp_path):
     assert args.func(args) == 0
     text = md.read_text()
     assert "    streamd bench cl ..." in text
-    rows = [line for line in text.splitlines() if line.startswith("| finetune") or line.startswith("| replay+lump")]
-    assert len(rows) == 2 and f"| {finetune['avg_acc']['mean']:.3f} ± {finetune['avg_acc']['std']:.3f} |" in rows[0]
+    rows = [line for line in text.splitlines() if line.startswith(("| finetune", "| replay+lump", "| lump+freeze"))]
+    assert len(rows) == 3 and rows[2].endswith("| 0, 1 |") and f"| {finetune['avg_acc']['mean']:.3f} ± {finetune['avg_acc']['std']:.3f} |" in rows[0]
     assert f"| {mixed['avg_acc_minus_reference']['mean']:+.3f} ± " in rows[1]
     assert "seeds 1, 2 (mean ± sample sd" in text and "![accuracy matrices, mean over seeds](r.png)" in text
 

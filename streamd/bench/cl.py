@@ -117,26 +117,26 @@ def prepare(args: argparse.Namespace, seed: int) -> Setup:
                  objective_kwargs(args.objective, v), resolve_device(args.device), splits, schedule)
 
 
-def train_task(learner, train: Task, schedule, device: torch.device) -> tuple[list[float], int, int]:
-    """One task's steps: the seconds of each, and the backward FLOPs and (CPU) training bytes of
-    its middle step.
+def train_task(learner, train: Task, schedule, device: torch.device) -> tuple[list[float], int, int, int]:
+    """One task's steps: the seconds of each, and the backward FLOPs, (CPU) training bytes and
+    frozen encoder blocks of its middle step.
 
     The middle step, not the last: plugins make their boundary measurements and decisions
     (freezing's CKA and FLOP counts) at a task's last steps; those extra passes are not training
     memory, and a decision taken there applies to the next task's steps, not to this one's."""
-    seconds, memory, flops = [], 0, 0
+    seconds, memory, flops, frozen = [], 0, 0, 0
     for s, (idx, labelled) in enumerate(schedule):
         images, labels = train.images[idx], train.labels[idx].where(labelled, -1)
         middle = s == len(schedule) // 2
         if middle:
-            flops = backward_flops(learner, images)
+            flops, frozen = backward_flops(learner, images), learner.encoder.frozen_blocks
         start = synced_clock(device)
         if device.type == "cpu" and middle:
             memory = _memory.step_training_bytes(learner, lambda: learner.step(images, labels))
         else:
             learner.step(images, labels)
         seconds.append(synced_clock(device) - start)
-    return seconds, memory, flops
+    return seconds, memory, flops, frozen
 
 
 def run_strategy(setup: Setup, strategy: str) -> dict:
@@ -150,9 +150,9 @@ def run_strategy(setup: Setup, strategy: str) -> dict:
     R, seconds, task_memory, flops, frozen = [], [], [], [], []
     for t, (train, _) in enumerate(setup.splits):
         learner.begin_task(t)
-        task_seconds, memory, task_flops = train_task(learner, train, setup.schedule[t], device)
+        task_seconds, memory, task_flops, task_frozen = train_task(learner, train, setup.schedule[t], device)
         seconds, task_memory, flops = seconds + task_seconds, task_memory + [memory], flops + [task_flops]
-        frozen.append(learner.encoder.frozen_blocks)   # frozen while the task's last steps trained
+        frozen.append(task_frozen)
         learner.end_task()
         R.append(accuracy_row(learner, setup.splits, seen=t))
         print(f"[{strategy} seed {setup.seed}] after task {t}: " + " ".join(f"{a:.3f}" for a in R[-1]), flush=True)

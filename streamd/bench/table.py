@@ -7,8 +7,9 @@ import os
 import statistics
 from pathlib import Path
 
-COLUMNS = ("strategy", "avg acc", "acc - first row (paired)", "forgetting", "BWT", "linear probe",
-           "step ms (median)", "train memory MB (peak; last task)", "backward GFLOP/step", "frozen blocks per task")
+COLUMNS = ("strategy", "avg acc", "acc - first row (paired)", "forgetting", "forgetting - first row (paired)", "BWT",
+           "linear probe", "step ms (median)", "train memory MB (peak; last task)", "backward GFLOP/step",
+           "frozen blocks (middle step of each task)")
 
 
 def register(subparsers) -> None:
@@ -32,7 +33,8 @@ def summary_row(entry: dict, runs: list[dict]) -> list[str]:
     first = entry["strategy"] == runs[0]["strategy"]
     return [entry["strategy"], stat(entry["avg_acc"], ".3f"),
             "-" if first else stat(entry["avg_acc_minus_reference"], "+.3f"),
-            stat(entry["forgetting"], "+.3f"), stat(entry["bwt"], "+.3f"), stat(entry.get("linear_probe_avg_acc"), ".3f"),
+            stat(entry["forgetting"], "+.3f"),
+            "-" if first else stat(entry["forgetting_minus_reference"], "+.3f"), stat(entry["bwt"], "+.3f"), stat(entry.get("linear_probe_avg_acc"), ".3f"),
             f"{statistics.median(r['step_seconds_median'] for r in mine) * 1e3:.0f}",
             f"{max(r['peak_memory_bytes'] for r in mine) / 1e6:.1f}; {_last_task_memory(mine)}",
             f"{entry['backward_flops_per_step']['mean'] / 1e9:.2f}", _frozen(mine)]
