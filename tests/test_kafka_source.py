@@ -120,18 +120,24 @@ def test_rebalance_hands_partitions_over_without_losing_records(kafka_broker):
     topic = create_topic(kafka_broker, partitions=2)
     for p in (0, 1):
         produce_images(kafka_broker, topic, range(20), partition=p)
-    first = KafkaSource(kafka_broker, topic, "g-rebalance", max_poll_records=4, client_options=FAST_CLIENT)
+    # The broker waits up to the rebalance timeout (= max_poll_interval_ms, 300 s by default) for
+    # every member to rejoin; CI once saw a rebalance that never finished within 40 s. A 20 s bound
+    # makes a stalled round end (the straggler is dropped and rejoins) inside the deadline, and
+    # stays above the 15 s that one member below goes without polling.
+    options = {**FAST_CLIENT, "max_poll_interval_ms": 20000}
+    first = KafkaSource(kafka_broker, topic, "g-rebalance", max_poll_records=4, client_options=options)
     finished = consume(first, 6)
     assert first.commit(first.position_state()) is True
     in_flight = first.poll(4, 0.1)        # being trained on while the group rebalances
 
-    second = KafkaSource(kafka_broker, topic, "g-rebalance", max_poll_records=4, client_options=FAST_CLIENT)
-    deadline = time.monotonic() + 40
+    second = KafkaSource(kafka_broker, topic, "g-rebalance", max_poll_records=4, client_options=options)
+    deadline = time.monotonic() + 60
     while time.monotonic() < deadline and not (len(first._consumer.assignment()) == 1 ==
                                                len(second._consumer.assignment())):
         for source in (first, second):
             source.poll(0, 0.2)            # take part in the rebalance, hand nothing out
-    assert len(first._consumer.assignment()) == 1 == len(second._consumer.assignment())
+    assert len(first._consumer.assignment()) == 1 == len(second._consumer.assignment()), \
+        [(s._consumer.assignment(), s._consumer.group_metadata()) for s in (first, second)]
     first.ack(in_flight)                   # the step finishes after the rebalance
     (kept,) = first._consumer.assignment()
     seen = {p: [] for p in (0, 1)}
