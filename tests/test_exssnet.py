@@ -7,6 +7,7 @@ from torch import nn
 
 from models.supermask import MaskedConv2d, MaskedLinear, MultitaskBatchNorm2d, masked_layers, to_supermask
 from streamd.checkpoint import load_checkpoint, save_checkpoint
+from streamd.data import task_stream, train_test
 from streamd.learner import build_learner
 
 TINY = {"arch": "resnet_tiny", "image_size": 16, "objective": "simsiam",
@@ -139,8 +140,8 @@ def test_kkt_copies_the_scores_of_the_earlier_task_whose_mask_fits_the_new_data(
     assert decision["by"] == "ssl" and decision["chosen"] == min((0, 1), key=decision["fits"].__getitem__)
 
 
-def test_task_inference_picks_the_lowest_loss_task_and_changes_no_state():
-    learner = make_learner()
+def test_ssl_loss_task_inference_picks_the_lowest_loss_task_and_changes_no_state():
+    learner = make_learner(infer_by="ssl_loss")
     plugin = learner.plugin("exssnet")
     for task in (0, 1, 2):
         learner.begin_task(task)
@@ -152,6 +153,37 @@ def test_task_inference_picks_the_lowest_loss_task_and_changes_no_state():
     after = learner.state_dict()["objective"]
     assert all(torch.equal(before[k], after[k]) for k in before), "weights, scores and BN statistics unchanged"
     assert {m.slot for m in masked_layers(learner.encoder)} == {plugin.slots[2]} and learner.objective.training
+
+
+def test_feature_task_inference_finds_the_task_of_held_out_real_digits():
+    """Three class tasks of real MNIST digits, 30 steps each: held-out chunks of 32 go to their own
+    task's mask far more often than chance (6 of 18), with no task id and no label."""
+    tasks = [train_test(t, 0.2, 0) for t in task_stream("mnist5k", "class", 5, 16, 0)[:3]]
+    learner = make_learner(score_steps=10, select_batches=2)
+    gen = torch.Generator().manual_seed(0)
+    for t, (train, _) in enumerate(tasks):
+        learner.begin_task(t)
+        for _ in range(30):
+            learner.step(train.images[torch.randint(0, len(train.labels), (32,), generator=gen)])
+    learner.end_task()
+    plugin = learner.plugin("exssnet")
+    assert sorted(plugin.gaussians) == [0, 1, 2]
+    found = [plugin.infer_task(learner, chunk) == t for t, (_, test) in enumerate(tasks)
+             for chunk in test.images[:192].split(32)]
+    assert sum(found) >= 12, f"{sum(found)} of {len(found)} chunks found their task"
+
+
+def test_feature_task_inference_mid_task_uses_the_images_seen_so_far():
+    learner = make_learner()
+    plugin = learner.plugin("exssnet")
+    learner.begin_task(0)
+    assert plugin.infer_task(learner, noise(0)) == 0                 # nothing seen yet: the current task
+    learner.step(blue_classes(0)[0])
+    learner.begin_task(1)
+    learner.step(blue_classes(1)[0] // 4)                            # darker images: another task
+    assert list(plugin.gaussians) == [0] and len(plugin.task_images) == 32
+    assert plugin.infer_task(learner, blue_classes(2)[0] // 4) == 1  # task 1 from its images so far
+    assert plugin.infer_task(learner, blue_classes(3)[0]) == 0
 
 
 # Persistence ---------------------------------------------------------------------------------
@@ -188,4 +220,7 @@ def test_all_plugin_state_survives_save_and_restore_bit_for_bit(tmp_path):
     assert same_objective(first, third)
     a, c = first.plugin("exssnet"), third.plugin("exssnet")
     assert (a.slots, a.slot, a.phase, a.steps_in_phase) == (c.slots, c.slot, c.phase, c.steps_in_phase)
+    assert list(a.gaussians) == list(c.gaussians) == [0]               # task 0's, fitted at its end
+    assert all(torch.equal(a.gaussians[0].state_dict()[k], c.gaussians[0].state_dict()[k]) for k in ("mean", "precision"))
+    assert torch.equal(a.task_images.images[:len(a.task_images)], c.task_images.images[:len(c.task_images)])
     assert a.metrics() == c.metrics()

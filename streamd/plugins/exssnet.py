@@ -16,11 +16,13 @@ A task runs through phases, counted in steps because a stream's length is unknow
 
 A task id seen before reuses its slot with the encoder fixed (its weights are now shared).
 Inference: ``use_task(learner, task)`` when the task id is known (e.g. from a header), else
-``infer_task`` picks the slot with the lowest SSL loss on the images (chosen over SupSup's
-one-shot entropy gradient because SSL has no classifier to take an entropy of). On mnist5k class
-tasks this finds the task of a 64-image chunk little better than chance (docs/results.md): the
-projection heads are shared and keep training, so every slot's loss is measured through heads
-tuned to the newest mask. Give the task id in a header where it matters.
+``infer_task`` picks a slot for a batch of images. SupSup's one-shot entropy gradient needs a
+classifier's outputs, which SSL has not, so by default (``infer_by="features"``) each task keeps
+a Gaussian of its features under its own mask (fitted at its end on a reservoir of its stream
+images; streamd/feature_density.py) and the task whose Gaussian finds the batch least out of
+distribution wins. ``infer_by="ssl_loss"`` picks the lowest SSL loss instead; on mnist5k class
+tasks that finds the task of a 64-image chunk no better than chance (the heads are shared and
+keep training, so every slot's loss is measured through heads tuned to the newest mask).
 The projection/prediction heads are shared and always train; only encoder features are per task.
 """
 from __future__ import annotations
@@ -30,9 +32,12 @@ import torch.nn.functional as F
 
 from models.objectives import MomentumObjective
 from models.supermask import add_slot, masked_layers, num_slots, to_supermask, use_slot
+from streamd.feature_density import FeatureGaussian
 from streamd.plugins.base import Plugin, register
+from streamd.replay_buffer import ReservoirBuffer
 
 PHASES = ("select", "scores", "weights", "fixed")
+INFER_BY = ("features", "ssl_loss")
 
 
 def knn_loo_accuracy(feats: torch.Tensor, labels: torch.Tensor, k: int = 10) -> float:
@@ -49,8 +54,15 @@ def knn_loo_accuracy(feats: torch.Tensor, labels: torch.Tensor, k: int = 10) -> 
 
 @register("exssnet")
 class ExSSNeTPlugin(Plugin):
-    def __init__(self, density: float = 0.1, score_steps: int = 100, select_batches: int = 2, knn_k: int = 10):
+    def __init__(self, density: float = 0.1, score_steps: int = 100, select_batches: int = 2, knn_k: int = 10,
+                 infer_by: str = "features", inference_images: int = 256):
+        if infer_by not in INFER_BY:
+            raise ValueError(f"infer_by must be one of {INFER_BY}, got {infer_by!r}")
         self.density = density
+        self.infer_by = infer_by
+        self.inference_images = inference_images
+        self.task_images = ReservoirBuffer(inference_images)   # the current task's, for its Gaussian
+        self.gaussians: dict[int, FeatureGaussian] = {}        # slot -> its task's features at the task's end
         self.score_steps = score_steps
         self.select_batches = select_batches
         self.knn_k = knn_k
@@ -84,7 +96,16 @@ class ExSSNeTPlugin(Plugin):
             self.slots[task] = self.slot
             phase = "select" if self.slot > 0 else "scores"
         self.kept = []
+        self.task_images = ReservoirBuffer(self.inference_images, seed=self.slot)
         self._enter(phase)
+
+    def on_task_end(self, learner, task):
+        """The slot's features are final now (its weights are never trained again): fit its Gaussian."""
+        if self.phase != "fixed" and len(self.task_images) >= 2:
+            self.gaussians[self.slot] = self._fit_gaussian(learner, self.slot)
+
+    def _fit_gaussian(self, learner, slot: int) -> FeatureGaussian:
+        return FeatureGaussian.fit(self._features(learner, self.task_images.images[: len(self.task_images)], slot))
 
     def _enter(self, phase: str) -> None:
         self.phase, self.steps_in_phase = phase, 0
@@ -122,11 +143,13 @@ class ExSSNeTPlugin(Plugin):
 
     def after_step(self, learner, batch, out):
         self.steps_in_phase += 1
+        n = batch.n_stream
+        if self.phase != "fixed":
+            self.task_images.add(batch.images[:n], batch.labels[:n], batch.tasks[:n])
         if self.phase == "weights":
             for layer in masked_layers(learner.encoder):
                 layer.reset_outside_region()
         elif self.phase == "select":
-            n = batch.n_stream
             self.kept.append((batch.images[:n].cpu(), batch.labels[:n].cpu()))
             if len(self.kept) >= self.select_batches:
                 self.select(learner)
@@ -188,17 +211,33 @@ class ExSSNeTPlugin(Plugin):
         use_slot(learner.objective, self.slots[task])
 
     def infer_task(self, learner, images: torch.Tensor) -> int:
-        """The known task whose mask gives the lowest SSL loss on ``images`` (no task header)."""
-        tasks = sorted(self.slots)
-        losses = self.ssl_losses(learner, images, [self.slots[t] for t in tasks])
+        """The known task ``images`` most likely come from (no task header); see the module docstring."""
+        if self.infer_by == "ssl_loss":
+            tasks = sorted(self.slots)
+            losses = self.ssl_losses(learner, images, [self.slots[t] for t in tasks])
+        else:
+            gaussians = {t: self._gaussian(learner, slot) for t, slot in sorted(self.slots.items())}
+            tasks = [t for t, g in gaussians.items() if g is not None]
+            if not tasks:            # nothing learned yet
+                return learner.task
+            losses = [gaussians[t].score(self._features(learner, images, self.slots[t])) for t in tasks]
         return tasks[min(range(len(tasks)), key=losses.__getitem__)]
+
+    def _gaussian(self, learner, slot: int) -> FeatureGaussian | None:
+        """The slot's Gaussian; the task in training gets one from its images so far."""
+        if slot in self.gaussians:
+            return self.gaussians[slot]
+        if slot == self.slot and self.phase != "fixed" and len(self.task_images) >= 2:
+            return self._fit_gaussian(learner, slot)
+        return None
 
     # State -------------------------------------------------------------------------------------
     def state_dict(self):
         return {"slots": dict(self.slots), "slot": self.slot, "phase": self.phase,
                 "steps_in_phase": self.steps_in_phase, "num_slots": num_slots(self.learner.encoder),
                 "kept_images": [i for i, _ in self.kept], "kept_labels": [lab for _, lab in self.kept],
-                "history": self.history}
+                "history": self.history, "task_images": self.task_images.to_arrow(),
+                "gaussians": {slot: g.state_dict() for slot, g in self.gaussians.items()}}
 
     def load_state_dict(self, state):
         if not state:
@@ -211,6 +250,8 @@ class ExSSNeTPlugin(Plugin):
         self.phase, self.steps_in_phase = state["phase"], state["steps_in_phase"]
         self.kept = list(zip(state["kept_images"], state["kept_labels"]))
         self.history = state["history"]
+        self.task_images = ReservoirBuffer.from_arrow(state["task_images"])
+        self.gaussians = {slot: FeatureGaussian.from_state_dict(g) for slot, g in state["gaussians"].items()}
         self._apply_phase()
         self.learner.rebuild_optimizer()
         self.flags_stale = True  # Learner.load_state_dict's freeze_prefix() then marks every tensor trainable
