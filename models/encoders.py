@@ -14,6 +14,8 @@ from torch import nn
 from torchvision.models import resnet
 from torchvision.models.vision_transformer import VisionTransformer
 
+from models.supermask import plain_state_dict
+
 
 @dataclass(frozen=True)
 class EncoderSpec:
@@ -137,8 +139,9 @@ class ResNetEncoder(Encoder):
         return torch.flatten(self.net.avgpool(x), 1)
 
     def export_state_dict(self) -> dict[str, torch.Tensor]:
-        """torchvision keys (conv1.weight, layer1.0.bn1.running_mean, ...)."""
-        return self.net.state_dict()
+        """torchvision keys (conv1.weight, layer1.0.bn1.running_mean, ...); a supermask encoder
+        exports its active task's masked weights and statistics as a plain ResNet."""
+        return plain_state_dict(self.net)
 
 
 class ViTEncoder(Encoder):

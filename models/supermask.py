@@ -165,3 +165,27 @@ def add_slot(module: nn.Module) -> int:
 def use_slot(module: nn.Module, slot: int) -> None:
     for m in slotted_layers(module):
         m.slot = slot
+
+
+@torch.no_grad()
+def plain_state_dict(module: nn.Module) -> dict[str, torch.Tensor]:
+    """``module``'s state dict as the unslotted module it was made from would have it, for the
+    active slot: masked layers give ``weight * mask`` and each non-affine BN its slot's statistics
+    with weight 1 and bias 0, so a plain network (a torchvision ResNet) loads it strictly and
+    computes what the active slot computes. A module without slotted layers gives its state dict."""
+    state = module.state_dict()
+    for prefix, m in module.named_modules():
+        if not isinstance(m, SLOTTED):
+            continue
+        p = f"{prefix}." if prefix else ""
+        for key in [k for k in state if k.startswith(p + "scores.") or k.startswith(p + "norms.")]:
+            del state[key]
+        if isinstance(m, MultitaskBatchNorm2d):
+            norm = m.norms[m.slot]
+            state[p + "weight"] = torch.ones_like(norm.running_mean)
+            state[p + "bias"] = torch.zeros_like(norm.running_mean)
+            for name, buffer in norm.named_buffers():
+                state[p + name] = buffer.clone()
+        else:
+            state[p + "weight"] = m.weight * m.mask()
+    return state

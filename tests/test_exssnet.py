@@ -4,11 +4,14 @@ from __future__ import annotations
 import pytest
 import torch
 from torch import nn
+from torchvision.models import ResNet
 
 from models.supermask import MaskedConv2d, MaskedLinear, MultitaskBatchNorm2d, masked_layers, to_supermask
 from streamd.checkpoint import load_checkpoint, save_checkpoint
+from streamd.client import load_encoder
 from streamd.data import task_stream, train_test
 from streamd.learner import build_learner
+from streamd.snapshots import SnapshotPublisher
 
 TINY = {"arch": "resnet_tiny", "image_size": 16, "objective": "simsiam",
         "objective_kwargs": {"proj_hidden": 128, "proj_dim": 64, "pred_hidden": 32}}
@@ -184,6 +187,31 @@ def test_feature_task_inference_mid_task_uses_the_images_seen_so_far():
     assert list(plugin.gaussians) == [0] and len(plugin.task_images) == 32
     assert plugin.infer_task(learner, blue_classes(2)[0] // 4) == 1  # task 1 from its images so far
     assert plugin.infer_task(learner, blue_classes(3)[0]) == 0
+
+
+def test_a_snapshot_is_a_plain_resnet_computing_its_tasks_masked_features(tmp_path):
+    """Downstream teams pull a torchvision ResNet; for a supermask encoder it must be the mask of
+    the snapshot's task, and stay so after later tasks train."""
+    learner = make_learner()
+    publisher = SnapshotPublisher(tmp_path)
+    learner.begin_task(0)
+    for s in range(3):
+        learner.step(noise(s))
+    publisher.publish(learner, reason="task_end", task=0, segment=0, positions={})
+    probe = noise(50)
+    task0 = learner.embed(probe)
+    learner.begin_task(1)
+    for s in range(3):
+        learner.step(noise(10 + s))
+    publisher.publish(learner, reason="task_end", task=1, segment=1, positions={})
+    for version, task in (("v000001", 0), ("v000002", 1)):
+        encoder = load_encoder(tmp_path, version)
+        assert isinstance(encoder, ResNet) and not any(isinstance(m, (MaskedConv2d, MultitaskBatchNorm2d)) for m in encoder.modules())
+        learner.plugin("exssnet").use_task(learner, task)
+        with torch.no_grad():
+            pulled = encoder.eval()(learner.preprocess(probe))
+        assert torch.allclose(pulled, learner.embed(probe), atol=1e-5)
+    assert torch.allclose(load_encoder(tmp_path, "v000001").eval()(learner.preprocess(probe)), task0, atol=1e-5)
 
 
 # Persistence ---------------------------------------------------------------------------------
