@@ -13,7 +13,7 @@ from streamd.bench.throughput import measure
 
 RUN_KEYS = {"strategy", "seed", "acc_matrix", "avg_acc", "forgetting", "bwt", "step_seconds_median",
             "peak_memory_bytes", "backward_flops_per_step", "linear_probe_avg_acc", "train_memory_bytes_per_task",
-            "frozen_blocks_per_task"}
+            "frozen_blocks_per_task", "step_seconds_median_per_task"}
 
 
 def test_bench_cl_quick_writes_json_and_png(tmp_path):
@@ -39,6 +39,7 @@ def test_bench_cl_quick_writes_json_and_png(tmp_path):
         assert run["forgetting"] == pytest.approx(forgetting(R))
         assert run["bwt"] == pytest.approx(backward_transfer(R))
         assert run["step_seconds_median"] > 0 and run["peak_memory_bytes"] > 0 and run["backward_flops_per_step"] > 0
+        assert len(run["step_seconds_median_per_task"]) == 2 and min(run["step_seconds_median_per_task"]) > 0
         # any CKA passes threshold -1: one block freezes after the first step of task 1, before its middle step
         assert run["frozen_blocks_per_task"] == ([0, 1] if run["strategy"] == "lump+freeze" else [0, 0])
     # replay adds half a batch of replayed rows: more activations saved for backward than fine-tuning

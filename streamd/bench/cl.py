@@ -147,11 +147,12 @@ def run_strategy(setup: Setup, strategy: str) -> dict:
     learner = build_learner(setup.arch, setup.image_size, args.objective, strategy,
                             objective_kwargs=setup.objective_kwargs, plugin_options=args.plugin_options,
                             optim=OptimConfig(lr=args.lr), device=str(device))
-    R, seconds, task_memory, flops, frozen = [], [], [], [], []
+    R, seconds, task_medians, task_memory, flops, frozen = [], [], [], [], [], []
     for t, (train, _) in enumerate(setup.splits):
         learner.begin_task(t)
         task_seconds, memory, task_flops, task_frozen = train_task(learner, train, setup.schedule[t], device)
         seconds, task_memory, flops = seconds + task_seconds, task_memory + [memory], flops + [task_flops]
+        task_medians.append(statistics.median(task_seconds))
         frozen.append(task_frozen)
         learner.end_task()
         R.append(accuracy_row(learner, setup.splits, seen=t))
@@ -160,6 +161,7 @@ def run_strategy(setup: Setup, strategy: str) -> dict:
     memory = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else max(task_memory)
     run = {"strategy": strategy, "seed": setup.seed, "acc_matrix": R, "avg_acc": average_accuracy(R), "forgetting": forgetting(R),
            "bwt": backward_transfer(R), "step_seconds_median": statistics.median(seconds),
+           "step_seconds_median_per_task": task_medians,
            "peak_memory_bytes": int(memory), "train_memory_bytes_per_task": task_memory,
            "backward_flops_per_step": int(statistics.mean(flops)), "frozen_blocks_per_task": frozen}
     if args.linear_probe:
