@@ -79,7 +79,7 @@ def section(result: dict, source: Path, plot: Path | None, out_dir: Path) -> lis
              f"Encoder {result['arch']} at {result['image_size']} px, batch {result['batch_size']}, "
              f"{result['steps_per_task']} steps per task, seeds {', '.join(map(str, seeds))}{spread}.{options} "
              f"Machine: {m.get('device')} ({m.get('cpu_count')} cores, torch {m.get('torch')}, "
-             f"{m.get('torch_threads')} threads). Memory: {m.get('peak_memory_method')}.", "",
+             f"torch threads: {m.get('torch_threads')}). Memory: {m.get('peak_memory_method')}.", "",
              "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     lines += ["| " + " | ".join(summary_row(e, result["runs"])) + " |" for e in result["summary"]]
     lines += _task_inference(result["runs"])
