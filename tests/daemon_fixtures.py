@@ -40,9 +40,12 @@ def produce_kafka(bootstrap: str, topic: str, tasks: int, per_task: int) -> None
                          "--image-size", "16"]) == 0
 
 
-def write_config(tmp: Path, source: str = "", checkpoint_dir: str = "ckpt") -> Path:
+def write_config(tmp: Path, source: str = "", checkpoint_dir: str = "ckpt", strategy: str = "finetune",
+                 plugin_options: dict[str, dict[str, int]] | None = None) -> Path:
     """A tiny daemon config under ``tmp``; ``source`` is a raw TOML snippet (e.g. a Kafka source)."""
     kw = ", ".join(f"{k} = {v}" for k, v in TINY["objective_kwargs"].items())
+    options = "".join(f"[strategy.plugin_options.{name}]\n" + "".join(f"{k} = {v}\n" for k, v in values.items())
+                      for name, values in (plugin_options or {}).items())
     text = f"""
 audit_log = "{tmp / 'audit.log'}"
 [source.directory]
@@ -55,8 +58,8 @@ arch = "{TINY['arch']}"
 image_size = {TINY['image_size']}
 objective_kwargs = {{{kw}}}
 [strategy]
-name = "finetune"
-[learner]
+name = "{strategy}"
+{options}[learner]
 device = "cpu"
 batch_size = 16
 max_wait_seconds = 0.5

@@ -8,7 +8,14 @@ from pathlib import Path
 
 from daemon_fixtures import consumed_count, produce_dir, read_audit, start_daemon, wait_until, write_config
 
+import torch
+
 from streamd.checkpoint import load_checkpoint
+from streamd.client import load_encoder
+from streamd.config import load_config
+from streamd.daemon import build_learner_from
+from streamd.data import task_stream
+from streamd.snapshots import list_versions, read_manifest
 
 TASKS, PER_TASK = 3, 40
 
@@ -58,6 +65,27 @@ def test_daemon_consumes_a_task_stream_finds_header_boundaries_and_dead_letters_
     assert state["counters"]["records_seen"] == summary["records_seen"]
     assert state["learner"]["counters"]["step"] == summary["steps"]
     assert "img/s" in daemon.log(), "progress lines while it runs"
+
+
+def test_exssnet_daemon_snapshots_load_downstream_as_each_tasks_masked_encoder(tmp_path):
+    """A supermask learner's snapshots are plain torchvision ResNets: the latest computes what the
+    final checkpoint computes through the current task's mask, task 0's end snapshot what it
+    computes through mask 0 (which the later task left untouched)."""
+    produce_dir(tmp_path / "inbox", 2, 32)
+    config = write_config(tmp_path, strategy="exssnet", plugin_options={"exssnet": {"score_steps": 1, "select_batches": 1}})
+    summary = start_daemon(config, exit_when_idle=1.5).wait(timeout=150)
+    assert summary["tasks"] == 2 and summary["records_decoded"] == 64
+    reference = build_learner_from(load_config(config))
+    reference.load_state_dict(load_checkpoint(tmp_path / "ckpt")["learner"])
+    images = task_stream("digits", "class", 2, 16)[1].images[:8]
+    x = reference.preprocess(images)
+    manifests = {v: read_manifest(tmp_path / "snap" / v) for v in list_versions(tmp_path / "snap")}
+    (task0_end,) = [v for v, m in manifests.items() if m["reason"] == "task_end" and m["task"] == 0]
+    for version, task in ((max(manifests), 1), (task0_end, 0)):
+        reference.plugin("exssnet").use_task(reference, task)
+        with torch.no_grad():
+            pulled = load_encoder(tmp_path / "snap", version).eval()(x)
+        assert torch.allclose(pulled, reference.embed(images), atol=1e-5), version
 
 
 def test_move_on_commit_retires_every_checkpointed_file_with_its_sidecar(tmp_path):
