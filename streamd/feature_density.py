@@ -5,9 +5,9 @@ images to a region of its feature space; a Gaussian fitted there (mean and a Led
 covariance, which stays well conditioned with fewer samples than dimensions) scores new images by
 their squared Mahalanobis distance divided by the dimension. For images of the task the expected
 value is about the same whatever the space (near 1; the shrinkage makes it lower, 0.6 in the
-tests), so scores of different masks' spaces can be compared directly: the task whose mask sees a batch as least out of distribution wins (the Mahalanobis
-out-of-distribution score of Lee et al. 2018, used per task). The model keeps statistics of
-features, never images.
+tests), so scores of different masks' spaces can be compared directly: the task whose mask sees
+a batch as least out of distribution wins (the Mahalanobis out-of-distribution score of Lee et
+al. 2018, used per task). The model keeps statistics of features, never images.
 """
 from __future__ import annotations
 

@@ -103,8 +103,8 @@ class ExSSNeTPlugin(Plugin):
 
     def on_task_end(self, learner, task):
         """The slot's features are final now (its weights are never trained again): fit its Gaussian."""
-        if self.phase != "fixed" and len(self.task_images) >= 2:
-            self.gaussians[self.slot] = self._fit_gaussian(learner, self.slot)
+        if self._described(self.slot):
+            self.gaussians[self.slot] = self._gaussian(learner, self.slot)
 
     def _fit_gaussian(self, learner, slot: int) -> FeatureGaussian:
         return FeatureGaussian.fit(self._features(learner, self.task_images.images[: len(self.task_images)], slot))
