@@ -150,12 +150,16 @@ class SnapshotConfig(_Section):
     every_steps: int = Field(0, ge=0)
     every_seconds: float = Field(300.0, ge=0)
     keep_last: int = Field(5, ge=1)
+    keep_task_end: int = Field(20, ge=0, description="task-end snapshots kept beyond keep_last, newest first; "
+                                                     "0 keeps all")
 
 
 class ProbeConfig(_Section):
     per_task: int = Field(64, ge=0)
     every_steps: int = Field(200, ge=1)
     history_dir: Path | None = Path("./var/probe-history")
+    max_pending_rows: int = Field(10_000, ge=1, description="history rows held in memory while the history "
+                                                            "folder cannot be written; the oldest are dropped")
 
 
 class ApiConfig(_Section):

@@ -13,7 +13,6 @@ import os
 import signal
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 import torch
 
@@ -68,8 +67,10 @@ class Daemon:
         self.learner: Learner = build_learner_from(cfg)
         self.boundary = build_boundary_detector(cfg.boundary)
         self.prober = Prober(per_task=cfg.probe.per_task, every_steps=cfg.probe.every_steps,
-                             history_path=cfg.probe.history_dir, metrics=self.metrics)
-        self.publisher = SnapshotPublisher(cfg.snapshots.dir, keep_last=cfg.snapshots.keep_last, metrics=self.metrics)
+                             history_path=cfg.probe.history_dir, metrics=self.metrics,
+                             max_pending_rows=cfg.probe.max_pending_rows)
+        self.publisher = SnapshotPublisher(cfg.snapshots.dir, keep_last=cfg.snapshots.keep_last,
+                                           keep_task_end=cfg.snapshots.keep_task_end, metrics=self.metrics)
         self.source = source or build_source(cfg)
         self.dead_letter = dead_letter or build_dead_letter(cfg)
         self.counters = Counters()
@@ -245,7 +246,8 @@ class Daemon:
         self.counters.checkpoints += 1
         state = {"learner": self.learner.state_dict(), "boundary": self.boundary.state_dict(),
                  "probe": self.prober.state_dict(), "positions": positions, "counters": asdict(self.counters),
-                 "source": self.source.name}
+                 "source": self.source.name,
+                 "timestamps": {**self.metrics.timestamps(), "checkpoint_last_timestamp": time.time()}}
         self.last_checkpoint, self.steps_at_checkpoint = time.monotonic(), self.learner.step_count
         try:
             folder = save_checkpoint(self.cfg.checkpoint.dir, self.learner.step_count, state, self.cfg.checkpoint.keep)
@@ -300,6 +302,7 @@ class Daemon:
         self.steps_at_checkpoint = self.steps_at_snapshot = self.learner.step_count
         self.resumed_from = f"step {self.learner.step_count}"
         self.metrics.current_task.set(self.learner.task)
+        self.metrics.restore_timestamps(state.get("timestamps", {}))  # keeps the stall/stale alerts armed
         log.info("resumed from the checkpoint at step %d (task %d); source positions %s", self.learner.step_count,
                  self.learner.task, json.dumps(state["positions"])[:200])
 
@@ -385,29 +388,31 @@ def build_dead_letter(cfg: StreamdConfig) -> DeadLetterSink:
     return _DropDeadLetter()
 
 
-def install_test_faults(spec: str | None = os.environ.get("STREAMD_TEST_FAULTS")) -> None:
-    """Test-only fault injection for the crash tests (comma-separated):
+def install_test_faults(spec: str | None = None) -> None:
+    """Test-only fault injection for the crash tests, from ``spec`` or else ``STREAMD_TEST_FAULTS``
+    (comma-separated), through the checkpoint module's step hook:
     ``checkpoint_sleep=S`` sleeps inside every checkpoint write, after the files are written and
     before the rename (a kill there is a kill mid-checkpoint); ``checkpoint_enospc`` makes every
-    checkpoint write fail like a full disk."""
+    checkpoint file write fail like a full disk."""
+    spec = os.environ.get("STREAMD_TEST_FAULTS") if spec is None else spec
     if not spec:
         return
     import streamd.checkpoint as ckpt
 
+    sleep_s, full_disk = None, False
     for fault in spec.split(","):
         name, _, value = fault.partition("=")
         if name == "checkpoint_sleep":
-            real_fsync_dir = ckpt._fsync_dir
-
-            def slow_fsync_dir(path: Path, real=real_fsync_dir, seconds=float(value)) -> None:
-                if Path(path).name.startswith(".tmp-ckpt-"):
-                    time.sleep(seconds)
-                real(path)
-            ckpt._fsync_dir = slow_fsync_dir
+            sleep_s = float(value)
         elif name == "checkpoint_enospc":
-            def full_disk(path, write):
-                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
-            ckpt._write_synced = full_disk
+            full_disk = True
         else:
             raise ValueError(f"unknown test fault {name!r}")
         log.warning("TEST FAULT ACTIVE: %s", fault)
+
+    def at_step(step: str) -> None:
+        if full_disk and step.startswith("write:") and step.endswith(":before"):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        if sleep_s is not None and step == "folder_synced":
+            time.sleep(sleep_s)
+    ckpt.step_hook = at_step

@@ -20,6 +20,11 @@ prometheus_client.disable_created_metrics()
 
 # Gauges a plugin may feed through ``Plugin.metrics()`` (same key as the attribute name).
 PLUGIN_GAUGES = ("replay_buffer_size", "frozen_blocks", "backward_flops_saved_ratio")
+# The ``*_timestamp_seconds`` gauges, by attribute: checkpoints carry their values, so that after a
+# restart the stall/stale alerts compare against the real last event instead of 0 (which mutes them).
+TIMESTAMP_GAUGES = {"last_record_timestamp": "streamd_last_record_timestamp_seconds",
+                    "checkpoint_last_timestamp": "streamd_checkpoint_last_timestamp_seconds",
+                    "snapshot_last_publish_timestamp": "streamd_snapshot_last_publish_timestamp_seconds"}
 STEP_SECONDS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 
@@ -66,6 +71,7 @@ class Metrics:
         self.snapshot_last_publish_timestamp = gauge("snapshot_last_publish_timestamp_seconds",
                                                      "Unix time of the latest snapshot publish.")
         self.snapshot_failures = counter("snapshot_failures", "Snapshot publishes that failed.")
+        self.snapshots_pruned = counter("snapshots_pruned", "Snapshot versions removed by retention.")
         self.checkpoint_last_timestamp = gauge("checkpoint_last_timestamp_seconds",
                                                "Unix time of the last durable checkpoint.")
         self.checkpoint_failures = counter("checkpoint_failures", "Checkpoint writes that failed.")
@@ -77,6 +83,9 @@ class Metrics:
         self.representation_drift = gauge("representation_drift_ratio",
                                           "1 - linear CKA between current and task-end features of a task's probe set.",
                                           ["task"])
+        self.probe_history_rows_dropped = counter(
+            "probe_history_rows_dropped", "Probe-history rows dropped (oldest first) while the history folder "
+            "could not be written and the in-memory backlog was full.")
         self.build_info = Info("streamd_build", "Versions of streamd and its runtime.", registry=self.registry)
         self.build_info.info({"version": streamd.__version__, "torch": torch.__version__,
                               "python": sys.version.split()[0]})
@@ -89,6 +98,17 @@ class Metrics:
             for name, value in plugin.metrics().items():
                 target = getattr(self, name) if name in PLUGIN_GAUGES else self.plugin_value.labels(plugin.name, name)
                 target.set(value)
+
+    def timestamps(self) -> dict[str, float]:
+        """The current values of the TIMESTAMP_GAUGES (what a checkpoint stores)."""
+        return {name: self.registry.get_sample_value(sample) for name, sample in TIMESTAMP_GAUGES.items()}
+
+    def restore_timestamps(self, saved: dict[str, float]) -> None:
+        """Sets each known gauge to its saved value unless it already holds a newer one."""
+        current = self.timestamps()
+        for name, value in saved.items():
+            if name in TIMESTAMP_GAUGES and value > current[name]:
+                getattr(self, name).set(value)
 
     def forget_task_labels(self, task: int) -> None:
         """Drops the per-task series of a task the prober no longer tracks (keeps labels bounded)."""

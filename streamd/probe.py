@@ -38,10 +38,10 @@ MIN_ROWS = 4  # fewer probe rows (or one class only) give no kNN accuracy / CKA
 class Prober:
     def __init__(self, per_task: int = 64, every_steps: int = 200, history_path: Path | None = None,
                  metrics: Metrics | None = None, hold_out_every: int = 8, max_tasks: int = 32,
-                 compact_after: int = 64, seed: int = 0):
+                 compact_after: int = 64, seed: int = 0, max_pending_rows: int = 10_000):
         self.per_task = per_task
         self.every_steps = every_steps
-        self.history = History(Path(history_path), compact_after) if history_path else None
+        self.history = History(Path(history_path), compact_after, max_pending_rows, metrics) if history_path else None
         self.metrics = metrics
         self.hold_out_every = hold_out_every
         self.max_tasks = max_tasks  # bounds memory and the task label set of the per-task gauges
@@ -164,27 +164,60 @@ def _knn_on_probe(feats: torch.Tensor, labels: torch.Tensor) -> float | None:
 
 class History:
     """Append-only Parquet history: one part file per append, merged into one after ``compact_after``
-    parts. A crash during a merge can leave duplicate rows; ``read_history`` drops them."""
+    parts. A crash during a merge can leave duplicate rows; ``read_history`` drops them.
 
-    def __init__(self, folder: Path, compact_after: int = 64):
+    While the folder cannot be written, rows wait in memory for the next try, at most
+    ``max_pending_rows`` of them: the oldest are dropped and counted, so a broken disk cannot grow
+    the daemon's memory without bound. A failure episode is logged when it starts, when it starts
+    dropping and when it ends, not per row or per try."""
+
+    def __init__(self, folder: Path, compact_after: int = 64, max_pending_rows: int = 10_000,
+                 metrics: Metrics | None = None):
         self.folder = folder
         self.compact_after = compact_after
+        self.max_pending_rows = max_pending_rows
+        self.metrics = metrics
         self.pending: list[dict] = []
+        self.failing = False
+        self.dropped = 0  # rows dropped in the current failure episode
 
     def append(self, rows: list[dict]) -> None:
         self.pending += rows
         try:
-            self.folder.mkdir(parents=True, exist_ok=True)
-            parts = self._parts()
-            number = int(parts[-1].stem.split("-")[1]) + 1 if parts else 0
-            self._write(pa.Table.from_pylist(self.pending, HISTORY_SCHEMA), number)
-            self.pending = []
-            if len(parts) + 1 > self.compact_after:
-                self._write(read_history(self.folder), number)  # over the newest part, then drop the rest
-                for old in parts:
-                    old.unlink()
-        except OSError:
-            log.exception("probe history write failed; %d rows kept for the next try", len(self.pending))
+            self._flush()
+        except OSError as e:
+            self._failed(e)
+            return
+        if self.failing:
+            log.warning("probe history %s writable again; %d rows were dropped meanwhile", self.folder, self.dropped)
+            self.failing, self.dropped = False, 0
+
+    def _failed(self, error: OSError) -> None:
+        if not self.failing:
+            log.error("probe history write to %s failed (%s); keeping up to %d rows in memory for the next tries",
+                      self.folder, error, self.max_pending_rows)
+            self.failing = True
+        overflow = len(self.pending) - self.max_pending_rows
+        if overflow <= 0:
+            return
+        if not self.dropped:
+            log.error("probe history backlog full: dropping the oldest rows (counted in "
+                      "streamd_probe_history_rows_dropped_total) until %s is writable", self.folder)
+        del self.pending[:overflow]
+        self.dropped += overflow
+        if self.metrics is not None:
+            self.metrics.probe_history_rows_dropped.inc(overflow)
+
+    def _flush(self) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        parts = self._parts()
+        number = int(parts[-1].stem.split("-")[1]) + 1 if parts else 0
+        self._write(pa.Table.from_pylist(self.pending, HISTORY_SCHEMA), number)
+        self.pending = []
+        if len(parts) + 1 > self.compact_after:
+            self._write(read_history(self.folder), number)  # over the newest part, then drop the rest
+            for old in parts:
+                old.unlink()
 
     def _parts(self) -> list[Path]:
         return sorted(self.folder.glob("part-*.parquet"))

@@ -95,9 +95,10 @@ def library_versions() -> dict:
 
 
 class SnapshotPublisher:
-    def __init__(self, root: Path, keep_last: int = 5, metrics: Metrics | None = None):
+    def __init__(self, root: Path, keep_last: int = 5, keep_task_end: int = 20, metrics: Metrics | None = None):
         self.root = Path(root)
         self.keep_last = max(1, keep_last)
+        self.keep_task_end = keep_task_end  # 0: every task-end snapshot is kept
         self.metrics = metrics
         self.root.mkdir(parents=True, exist_ok=True)
         latest = resolve_version(self.root, LATEST)
@@ -170,14 +171,25 @@ class SnapshotPublisher:
         return manifest
 
     def _prune(self) -> None:
-        """Keeps the newest ``keep_last`` versions and every task-end snapshot; clears stale temp folders."""
+        """Keeps the newest ``keep_last`` versions, the newest ``keep_task_end`` task-end snapshots (all
+        when 0) and the version ``latest`` names (an operator may pin an older one); clears temp folders."""
         versions = list_versions(self.root)
-        for name in versions[: -self.keep_last]:
-            try:
-                if read_manifest(self.root / name).get("reason") == "task_end":
-                    continue
-            except (OSError, ValueError):
-                pass
-            shutil.rmtree(self.root / name, ignore_errors=True)
+        task_ends = [name for name in versions if _reason(self.root / name) == "task_end"]
+        keep = set(versions[-self.keep_last:]) | {resolve_version(self.root, LATEST)}
+        keep |= set(task_ends[-self.keep_task_end:] if self.keep_task_end else task_ends)
+        pruned = [name for name in versions if name not in keep]
+        for name in pruned:  # into a temp folder (deleted below): a kill mid-delete leaves no half version listed
+            os.rename(self.root / name, Path(tempfile.mkdtemp(prefix=TMP_PREFIX, dir=self.root)) / name)
+        if pruned:
+            log.info("retention pruned snapshot(s) %s", ", ".join(pruned))
+            if self.metrics is not None:
+                self.metrics.snapshots_pruned.inc(len(pruned))
         for tmp in self.root.glob(TMP_PREFIX + "*"):
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _reason(folder: Path) -> str | None:
+    try:
+        return read_manifest(folder).get("reason")
+    except (OSError, ValueError):
+        return None

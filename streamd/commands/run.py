@@ -14,6 +14,9 @@ def register(subparsers) -> None:
     p.add_argument("--config", type=Path, default=None, help="TOML file (STREAMD_* environment variables override it)")
     p.add_argument("--exit-when-idle", type=float, default=None, metavar="SECONDS",
                    help="stop after the sources were drained for this long and print a JSON summary")
+    p.add_argument("--reset", action="store_true",
+                   help="start fresh: move the existing checkpoints aside (into CHECKPOINT_DIR/reset-<time>/) "
+                        "instead of resuming from them")
     p.set_defaults(func=main)
 
 
@@ -23,10 +26,18 @@ def main(args) -> int:
         return 2
     logging.basicConfig(level=cfg.logging.level, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from streamd.checkpoint import NoLoadableCheckpoint, set_aside
     from streamd.daemon import install_test_faults
     from streamd.distributed_daemon import build_daemon  # a Daemon, or one rank of several under torchrun
 
     install_test_faults()
-    summary = build_daemon(cfg).run(exit_when_idle=args.exit_when_idle)
+    daemon = build_daemon(cfg)
+    if args.reset:
+        set_aside(daemon.cfg.checkpoint.dir)  # the daemon's own: under torchrun, this rank's folder
+    try:
+        summary = daemon.run(exit_when_idle=args.exit_when_idle)
+    except NoLoadableCheckpoint as e:
+        print(f"streamd: {e}", file=sys.stderr)
+        return 1
     print(json.dumps(summary, indent=2))
     return 0
