@@ -211,8 +211,9 @@ def load_checkpoint(root: str | Path) -> dict | None:
         try:
             state = _load_folder(folder)
         except Exception as e:  # any damage (truncated, missing file, bad pickle) makes it unloadable
-            failures.append(f"{folder.name}: {type(e).__name__}: {e}")
-            log.error("checkpoint %s cannot be loaded: %s: %s", folder, type(e).__name__, e)
+            reason = f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:120]}"
+            failures.append(f"{folder.name}: {reason}")
+            log.error("checkpoint %s cannot be loaded: %s", folder, reason)
             continue
         if folder.name != named:
             log.error("FALLING BACK to checkpoint %s: the one %s names (%s) is missing or unloadable; the sources "

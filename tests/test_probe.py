@@ -135,3 +135,32 @@ def test_real_learner_drift_is_zero_at_task_end_and_grows_with_training():
     perturb(learner)
     perturb(learner)
     assert prober.maybe_measure(learner, step=1, force=True)["drift"][0] > 1e-3
+
+
+def test_history_backlog_is_bounded_while_the_folder_cannot_be_written(tmp_path, caplog):
+    """A real failed write (the history path lies under a regular file), then recovery."""
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("")
+    metrics = Metrics()
+    prober = Prober(per_task=8, hold_out_every=1, history_path=blocker / "history", metrics=metrics,
+                    max_pending_rows=10)
+    history, learner = prober.history, StubLearner()
+    prober.hold_out(*two_class_batch(8, 0), task=0)
+    prober.maybe_measure(learner, step=0, force=True)
+    per_measure = len(history.pending)   # forgetting_mean, accuracy of task 0, loss, throughput
+    assert 3 <= per_measure < 10
+    made = [dict(r) for r in history.pending]
+    for step in range(1, 9):
+        prober.maybe_measure(learner, step=step, force=True)
+        made += history.pending[-per_measure:]
+    assert history.pending == made[-10:], "the newest rows are kept, the oldest dropped"
+    dropped = metrics.registry.get_sample_value("streamd_probe_history_rows_dropped_total")
+    assert dropped == 9 * per_measure - 10
+    assert caplog.text.count("probe history write to") == 1 and caplog.text.count("backlog full") == 1
+
+    blocker.unlink()
+    blocker.mkdir()
+    prober.maybe_measure(learner, step=9, force=True)
+    assert history.pending == [] and f"writable again; {dropped:.0f} rows were dropped" in caplog.text
+    rows = read_history(blocker / "history").to_pylist()
+    assert len(rows) == 10 + per_measure and {r["step"] for r in rows} == {r["step"] for r in made[-10:]} | {9}

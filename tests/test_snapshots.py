@@ -147,3 +147,34 @@ def test_kernel_write_failure_is_survived(tmp_path, learner):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["latest", "v000001"]
     verify(tmp_path / "v000001", read_manifest(tmp_path / "v000001"))
     assert publish(pub, learner)["version"] == 2
+
+
+def test_task_end_retention_is_bounded_and_counted(tmp_path, learner):
+    metrics = Metrics()
+    pub = SnapshotPublisher(tmp_path, keep_last=2, keep_task_end=2, metrics=metrics)
+    for _ in range(5):
+        publish(pub, learner, reason="task_end")
+    assert sorted(p.name for p in tmp_path.glob("v*")) == ["v000004", "v000005"]
+    assert metrics.registry.get_sample_value("streamd_snapshots_pruned_total") == 3
+    for reason in ["steps", "steps", "task_end", "steps"]:
+        publish(pub, learner, reason=reason)
+    # last 2 (v8, v9) + the 2 newest task-end ones (v5, v8); v4 (older task end), v6, v7 pruned
+    assert sorted(p.name for p in tmp_path.glob("v*")) == ["v000005", "v000008", "v000009"]
+    assert metrics.registry.get_sample_value("streamd_snapshots_pruned_total") == 6
+    assert not list(tmp_path.glob(".tmp*"))
+
+
+def test_retention_never_prunes_the_version_latest_names(tmp_path, learner):
+    pub = SnapshotPublisher(tmp_path, keep_last=5)
+    for _ in range(3):
+        publish(pub, learner)
+    (tmp_path / "latest").write_text("v000001")   # an operator pinned (rolled back to) an old version
+    SnapshotPublisher(tmp_path, keep_last=1)._prune()   # e.g. a restart with a lower keep_last
+    assert sorted(p.name for p in tmp_path.glob("v*")) == ["v000001", "v000003"]
+
+
+def test_keep_task_end_zero_keeps_every_task_end_snapshot(tmp_path, learner):
+    pub = SnapshotPublisher(tmp_path, keep_last=1, keep_task_end=0)
+    for reason in ["task_end"] * 4 + ["steps"] * 2:
+        publish(pub, learner, reason=reason)
+    assert sorted(p.name for p in tmp_path.glob("v*")) == ["v000001", "v000002", "v000003", "v000004", "v000006"]
