@@ -99,6 +99,11 @@ def _key(name: str) -> tuple[int, int]:
     return int(match[1]), int(match[2] or 0)
 
 
+def step_of(name: str) -> int:
+    """The training step of a checkpoint folder name (``ckpt-000000123`` or a re-save ``ckpt-000000123-2``)."""
+    return _key(name)[0]
+
+
 def checkpoint_folders(root: str | Path) -> list[Path]:
     """Every checkpoint folder, oldest first (by step, then re-save number)."""
     root = Path(root)
@@ -109,7 +114,7 @@ def checkpoint_folders(root: str | Path) -> list[Path]:
 
 def _unused_name(root: Path, step: int) -> str:
     """``ckpt-STEP``, or ``ckpt-STEP-N`` after the highest re-save of that step already there."""
-    taken = [_key(p.name)[1] for p in checkpoint_folders(root) if _key(p.name)[0] == step]
+    taken = [_key(p.name)[1] for p in checkpoint_folders(root) if step_of(p.name) == step]
     return f"ckpt-{step:09d}" + (f"-{max(taken) + 1}" if taken else "")
 
 
