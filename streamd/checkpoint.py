@@ -158,7 +158,10 @@ def save_checkpoint(root: str | Path, step: int, state: dict, keep: int = 2) -> 
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    _prune(root, keep, final.name)
+    try:
+        _prune(root, keep, final.name)
+    except OSError as e:  # the new checkpoint is durable: a failed clean-up must not count as a failed save
+        log.warning("pruning old checkpoints in %s failed: %s", root, e)
     return final
 
 
