@@ -116,10 +116,11 @@ def split_arrow(record: Record) -> list[Record]:
 def kafka_headers(headers: dict[str, str]) -> list[tuple[str, bytes]]:
     """str headers -> Kafka headers; raw bytes kept in a str (surrogate escapes, e.g. from file names) go back
     as those bytes, other lone surrogates become '?', so a dead letter with odd headers can always be sent."""
-    return [(k, _header_bytes(v)) for k, v in headers.items()]
+    return [(k, header_bytes(v)) for k, v in headers.items()]
 
 
-def _header_bytes(value: str) -> bytes:
+def header_bytes(value: str) -> bytes:
+    """A header value as bytes: surrogate escapes become the raw bytes they stand for."""
     try:
         return value.encode("utf-8", errors="surrogateescape")
     except UnicodeEncodeError:

@@ -73,11 +73,13 @@ def animated_gif(rng: random.Random) -> bytes:
 
 
 @functools.cache
-def big_image(fmt: str) -> bytes:
-    """A 4096 x 4096 RGB gradient (small when compressed, full cost when decoded)."""
+def big_image(mode: str, fmt: str) -> bytes:
+    """A 4096 x 4096 gradient in mode RGB, RGBA or LA (small when compressed, full cost when decoded)."""
     ramp = np.linspace(0, 255, BIG_SIDE, dtype=np.uint8)
-    rgb = np.stack(np.broadcast_arrays(ramp[None, :], ramp[:, None], np.uint8(90)), axis=2)
-    return encode(np.ascontiguousarray(rgb), fmt, **({"compress_level": 1} if fmt == "PNG" else {}))
+    x, y = np.broadcast_arrays(ramp[None, :], ramp[:, None])
+    bands = {"RGB": (x, y, np.full_like(x, 90)), "RGBA": (x, y, np.full_like(x, 90), y), "LA": (x, y)}[mode]
+    image = Image.fromarray(np.ascontiguousarray(np.stack(bands, axis=2)), mode)
+    return encode(image, fmt, **({"compress_level": 1} if fmt == "PNG" else {}))
 
 
 def png_chunk(kind: bytes, data: bytes) -> bytes:

@@ -22,8 +22,8 @@ import pyarrow.parquet as pq
 
 from connectors.base import ARROW_CONTENT_TYPE, LABEL_HEADER, RAW_CONTENT_TYPE, SHAPE_HEADER, TASK_HEADER, \
     Position, Record
-from connectors.directory import CONTENT_TYPES, DirectoryWriter
-from connectors.wire import from_kafka_headers
+from connectors.directory import CONTENT_TYPES, SIDECAR_HEADERS, DirectoryWriter
+from connectors.wire import from_kafka_headers, header_bytes
 from streamd.bench import _fuzz_bytes as fb
 from streamd.ingest import DecodeError, decode, expand, parse_label, parse_task
 
@@ -140,7 +140,8 @@ KINDS = {   # kind -> (weight, builder(rng) -> (payload, content type, headers, 
     "tiny_1x1": (3, lambda rng: _pick(rng, [(fb.encode(fb.coloured(rng, "RGB", 1), f), "", {}, (DECODES,))
                                             for f in ("PNG", "JPEG", "GIF", "BMP")] + [
         (b"\x07\x08\x09", RAW_CONTENT_TYPE, {SHAPE_HEADER: "1,1,3"}, (DECODES,))])),
-    "big_4096": (1, lambda rng: (fb.big_image(rng.choice(("PNG", "JPEG"))), "", {}, (DECODES,))),
+    "big_4096": (1, lambda rng: (fb.big_image(*rng.choice((("RGB", "PNG"), ("RGBA", "PNG"), ("LA", "PNG"),
+                                                            ("RGB", "JPEG")))), "", {}, (DECODES,))),
     "png_16bit_gray": (3, lambda rng: (fb.png16(rng), "image/png", {}, (DECODES,))),
     "cmyk_jpeg": (3, lambda rng: (fb.encode(fb.coloured(rng, "CMYK"), "JPEG"), "image/jpeg", {}, (DECODES,))),
     "palette_png_transparent": (3, lambda rng: (_png(rng, "P"), "image/png", {}, (DECODES,))),
@@ -206,3 +207,66 @@ def ingest_outcomes(record: Record, image_size: int = 32) -> list[str]:
         except DecodeError as e:
             out.append(f"{DEAD}:{e.reason}")
     return out
+
+
+def summarize(cases: Iterable[FuzzCase], image_size: int = 32) -> dict:
+    """Cases per kind, images per outcome ("decodes" / "dead_letter:<reason>"), and the cases whose
+    outcome classes differ from what they expect. Raises whatever ingest raises besides DecodeError."""
+    kinds, outcomes, mismatches = collections.Counter(), collections.Counter(), []
+    for case in cases:
+        got = ingest_outcomes(case.record(), image_size)
+        kinds[case.kind] += 1
+        outcomes.update(got)
+        if case.expect is not None and tuple(o.split(":")[0] for o in got) != case.expect:
+            mismatches.append(case.name)
+    return {"kinds": dict(kinds), "outcomes": dict(sorted(outcomes.items())), "mismatches": mismatches}
+
+
+def write_to_directory(cases: Iterable[FuzzCase], folder: str | Path) -> dict[str, FuzzCase]:
+    """Each case as the file ``<name><ext>`` (extension from the declared content type, ``.bin`` if none
+    fits) plus a sidecar with its label/task/shape headers; returns file name -> case."""
+    writer, written = DirectoryWriter(folder), {}
+    for case in cases:
+        rel = case.name + _EXTENSIONS.get(case.content_type, ".bin")
+        sidecar = {name: case.headers[h] for name, h in SIDECAR_HEADERS.items() if h in case.headers}
+        writer.write(rel, case.payload, sidecar or None)
+        written[rel] = case
+    return written
+
+
+def write_to_parquet(cases: Iterable[FuzzCase], path: str | Path, row_group_size: int = 128) -> list[FuzzCase]:
+    """One row per case (image, content_type, and label/task as binary so raw non-UTF-8 bytes survive);
+    returns the cases in row order. Parquet has no shape column, so raw-pixel cases lose their shape."""
+    cases = list(cases)
+
+    def column(header: str) -> pa.Array:
+        return pa.array([header_bytes(c.headers[header]) if header in c.headers else None for c in cases], pa.binary())
+
+    pq.write_table(pa.table({"image": pa.array([c.payload for c in cases], pa.binary()),
+                             "content_type": pa.array([c.content_type for c in cases], pa.string()),
+                             "label": column(LABEL_HEADER), "task": column(TASK_HEADER)}),
+                   path, row_group_size=row_group_size)
+    return cases
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("fuzz-inputs", help="hostile image records through ingest; optionally written out",
+                              description=__doc__.splitlines()[0])
+    p.add_argument("--n", type=int, default=1000)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--image-size", type=int, default=32)
+    p.add_argument("--directory", type=Path, default=None, help="also write the corpus here as files")
+    p.add_argument("--parquet", type=Path, default=None, help="also write the corpus to this Parquet file")
+    p.set_defaults(func=main)
+
+
+def main(args: argparse.Namespace) -> int:
+    """Prints the summary as JSON; exit status 1 when a case's outcome differs from what it expects."""
+    cases = list(fuzz_records(args.n, args.seed))
+    if args.directory:
+        write_to_directory(cases, args.directory)
+    if args.parquet:
+        write_to_parquet(cases, args.parquet)
+    summary = summarize(cases, args.image_size)
+    print(json.dumps(summary, indent=2))
+    return 1 if summary["mismatches"] else 0
