@@ -48,11 +48,6 @@ def _png(rng, mode="RGB"):
     return fb.encode(fb.coloured(rng, mode), "PNG")
 
 
-def _pick(rng, variants):
-    """One (payload, content type, headers, expect) of a list of variants."""
-    return rng.choice(variants)
-
-
 def _header_case(rng, bad: dict[str, list[str]], good: dict[str, list[str]]):
     name, values, expect = rng.choice([(h, v, DEAD) for h, v in bad.items()] + [(h, v, DECODES) for h, v in good.items()])
     return _png(rng), "image/png", {name: rng.choice(values)}, (expect,)
@@ -62,7 +57,7 @@ def _raw_bytes(text: bytes) -> str:
     return text.decode("utf-8", errors="surrogateescape")   # how a non-UTF-8 file name arrives
 
 
-def _arrow(rng, images, expect, **columns):
+def _arrow(images, expect, **columns):
     cols = {"image": pa.array(images, pa.binary()), **columns}
     return fb.arrow_stream(cols), ARROW_CONTENT_TYPE, {}, expect
 
@@ -70,41 +65,41 @@ def _arrow(rng, images, expect, **columns):
 def _arrow_mixed(rng):
     rows = [(_png(rng), DECODES) if rng.random() < 0.5 else (rng.randbytes(rng.randint(1, 300)), DEAD)
             for _ in range(rng.randint(2, 8))]
-    return _arrow(rng, [r for r, _ in rows], tuple(e for _, e in rows))
+    return _arrow([r for r, _ in rows], tuple(e for _, e in rows))
 
 
 def _arrow_nulls(rng):
     rows = [None if rng.random() < 0.4 else _png(rng) for _ in range(rng.randint(2, 8))]
-    return _arrow(rng, rows, tuple(DEAD if r is None else DECODES for r in rows))
+    return _arrow(rows, tuple(DEAD if r is None else DECODES for r in rows))
 
 
 def _arrow_wrong_types(rng):
     n = rng.randint(1, 4)
     pngs = [_png(rng) for _ in range(n)]
-    return _pick(rng, [
+    return rng.choice([
         (fb.arrow_stream({"image": pa.array(["not bytes"] * n)}), ARROW_CONTENT_TYPE, {}, (DEAD,)),
         (fb.arrow_stream({"image": pa.array(list(range(n)), pa.int64())}), ARROW_CONTENT_TYPE, {}, (DEAD,)),
-        _arrow(rng, pngs, (DEAD,) * n, label=pa.array(["seven"] * n)),
-        _arrow(rng, pngs, (DEAD,) * n, label=pa.array([2.5] * n)),
-        _arrow(rng, pngs, (DEAD,) * n, task=pa.array([b"t\xff\xfe"] * n, pa.binary())),
-        _arrow(rng, pngs, (DECODES,) * n, content_type=pa.array([5] * n, pa.int64())),
-        _arrow(rng, pngs, (DECODES,) * n, label=pa.array([3] * n, pa.int8()), task=pa.array([9] * n)),
+        _arrow(pngs, (DEAD,) * n, label=pa.array(["seven"] * n)),
+        _arrow(pngs, (DEAD,) * n, label=pa.array([2.5] * n)),
+        _arrow(pngs, (DEAD,) * n, task=pa.array([b"t\xff\xfe"] * n, pa.binary())),
+        _arrow(pngs, (DECODES,) * n, content_type=pa.array([5] * n, pa.int64())),
+        _arrow(pngs, (DECODES,) * n, label=pa.array([3] * n, pa.int8()), task=pa.array([9] * n)),
     ])
 
 
 def _arrow_truncated(rng):
-    data = _arrow(rng, [_png(rng) for _ in range(rng.randint(1, 4))], None)[0]
+    data = _arrow([_png(rng) for _ in range(rng.randint(1, 4))], None)[0]
     return data[: rng.randint(8, len(data) - 9)], ARROW_CONTENT_TYPE, {}, (DEAD,)   # the 8-byte end marker kept out
 
 
 def _raw_good(rng):
     gray = fb.digit(rng)
-    pixels = _pick(rng, [gray, gray[..., None], np.stack([gray] * 3, 2), np.stack([gray] * 4, 2)])
+    pixels = rng.choice([gray, gray[..., None], np.stack([gray] * 3, 2), np.stack([gray] * 4, 2)])
     return pixels.tobytes(), RAW_CONTENT_TYPE, {SHAPE_HEADER: ",".join(map(str, pixels.shape))}, (DECODES,)
 
 
 def _raw_bad(rng):
-    spec, size = _pick(rng, [("-3,-4", 12), ("0,4", 4), ("100000,100000,3", 12), ("a,b", 4), ("4,4", 15),
+    spec, size = rng.choice([("-3,-4", 12), ("0,4", 4), ("100000,100000,3", 12), ("a,b", 4), ("4,4", 15),
                              ("4,4,5", 80), (",".join(["1"] * 5000), 1), ("9" * 5000, 9), ("4,4,3,1", 48),
                              (None, 16), (" ", 1), ("2e3,2", 12)])
     return fb.noise(rng, (size,)).tobytes(), RAW_CONTENT_TYPE, {} if spec is None else {SHAPE_HEADER: spec}, (DEAD,)
@@ -137,7 +132,7 @@ KINDS = {   # kind -> (weight, builder(rng) -> (payload, content type, headers, 
                                            {}, (DECODES,))),
     "bomb_gif": (3, lambda rng: (fb.gif_header_only(*rng.choice(((65535, 65535), (20_000, 20_000)))), "image/gif",
                                  {}, (DEAD,))),
-    "tiny_1x1": (3, lambda rng: _pick(rng, [(fb.encode(fb.coloured(rng, "RGB", 1), f), "", {}, (DECODES,))
+    "tiny_1x1": (3, lambda rng: rng.choice([(fb.encode(fb.coloured(rng, "RGB", 1), f), "", {}, (DECODES,))
                                             for f in ("PNG", "JPEG", "GIF", "BMP")] + [
         (b"\x07\x08\x09", RAW_CONTENT_TYPE, {SHAPE_HEADER: "1,1,3"}, (DECODES,))])),
     "big_4096": (1, lambda rng: (fb.big_image(*rng.choice((("RGB", "PNG"), ("RGBA", "PNG"), ("LA", "PNG"),
@@ -164,7 +159,7 @@ KINDS = {   # kind -> (weight, builder(rng) -> (payload, content type, headers, 
         {LABEL_HEADER: ["-1", "0", " 7 ", str(2**31 - 1), "+3", ""]})),
     "task_header": (3, lambda rng: _header_case(rng, {TASK_HEADER: ["a\x00b", "tab\tin", "line\nbreak", "x" * 129]},
                                                 {TASK_HEADER: ["task-1", " spaced ", "  ", "\u00e9t\u00e9"]})),
-    "arrow_good": (3, lambda rng: (lambda n: _arrow(rng, [_png(rng) for _ in range(n)], (DECODES,) * n,
+    "arrow_good": (3, lambda rng: (lambda n: _arrow([_png(rng) for _ in range(n)], (DECODES,) * n,
                                                     label=pa.array(list(range(n)), pa.int64())))(rng.randint(1, 6))),
     "arrow_compressed": (3, lambda rng: (fb.arrow_stream({"image": pa.array([_png(rng)] * 3, pa.binary())}, "zstd"),
                                          ARROW_CONTENT_TYPE, {}, (DECODES,) * 3)),
