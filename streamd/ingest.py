@@ -5,10 +5,12 @@ except for raw uint8 pixels, which have no magic and are known by their declarat
 Image dimensions are checked from the header BEFORE the pixels are decoded, so a
 decompression bomb costs nothing. Alpha is composited onto black (premultiplied), 16-bit and
 float images are scaled to 8 bit, palettes and grayscale are expanded to RGB, animations
-give their first frame. Resizing squashes to S x S with Pillow's antialiased filter, BEFORE any
-mode conversion, so one record costs about twice its decoded size at most (the 4096 x 4096 images of
-the fuzz corpus, RGBA included, add 129 MiB to a process's peak; converting first added 401 MiB). Nothing here raises anything but DecodeError
-for bad input, and every reason it carries is listed in DEAD_LETTER_REASONS.
+give their first frame. Resizing squashes to S x S with Pillow's antialiased filter, BEFORE
+other mode conversions (only palette and bilevel images are widened first), so a big image is not
+copied at full size in a wider mode: the 4096 x 4096 images of the fuzz corpus, RGBA included, add
+129 MiB to a process's peak (decoded image + Pillow's premultiplied copy); converting first added
+401 MiB. Nothing here raises anything but DecodeError for bad input, and every reason it carries
+is listed in DEAD_LETTER_REASONS.
 """
 from __future__ import annotations
 
