@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 COMMIT_MODES = ("keep", "delete", "move")
 CONTENT_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".webp": "image/webp",
                  ".bmp": "image/bmp", ".gif": "image/gif", ".raw": "application/x-raw-uint8"}
-_SIDECAR_HEADERS = {"label": LABEL_HEADER, "task": TASK_HEADER, "shape": SHAPE_HEADER}
+SIDECAR_HEADERS = {"label": LABEL_HEADER, "task": TASK_HEADER, "shape": SHAPE_HEADER}
 _RESCAN_S = 0.2          # idle rescan period, stretched to 5x the scan time so big trees cost <20% CPU
 
 Key = tuple[int, str]
@@ -208,7 +208,7 @@ def _sidecar_headers(path: Path) -> dict[str, str]:
     if not isinstance(fields, dict):
         log.warning("ignoring sidecar %s: not a JSON object", sidecar)
         return {}
-    return {header: str(fields[name]) for name, header in _SIDECAR_HEADERS.items() if fields.get(name) is not None}
+    return {header: str(fields[name]) for name, header in SIDECAR_HEADERS.items() if fields.get(name) is not None}
 
 
 class DirectoryWriter:

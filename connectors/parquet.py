@@ -17,6 +17,7 @@ import pyarrow.parquet as pq
 from connectors.acks import AckedPrefix
 from connectors.base import LABEL_HEADER, TASK_HEADER, Position, Record
 from connectors.directory import in_progress
+from connectors.wire import header_text
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +126,7 @@ class ParquetSource:
         for field, header in (("label", LABEL_HEADER), ("task", TASK_HEADER)):
             value = cols.get(self.columns[field], [None] * (i + 1))[i]
             if value is not None:
-                headers[header] = str(value)
+                headers[header] = header_text(value)     # binary columns: replacement chars, rejected by ingest
         content_type = cols.get(self.columns["content_type"], [None] * (i + 1))[i] or ""
-        return Record(payload=cols[self.columns["image"]][i] or b"", content_type=content_type,
+        return Record(payload=cols[self.columns["image"]][i] or b"", content_type=header_text(content_type),
                       position=Position(name, row), headers=headers)

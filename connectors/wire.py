@@ -17,6 +17,23 @@ from connectors.base import (ARROW_CONTENT_TYPE, CONTENT_TYPE_HEADER, LABEL_HEAD
                              TASK_HEADER, Position, Record)
 
 IMAGE_FORMATS = ("png", "raw")
+MAX_ARROW_ROWS = 10_000     # images per multi-image message; each costs ~1 KB of Record bookkeeping
+
+
+class DecodeError(ValueError):
+    """A record that cannot become an image; ``reason`` is a short snake_case word for metrics."""
+
+    def __init__(self, reason: str, detail: str = ""):
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
+
+
+def header_text(value: object) -> str:
+    """A column or header value as header text: bytes are UTF-8 with replacement chars (ingest rejects those)."""
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value).decode("utf-8", errors="replace")
+    return str(value)
 
 
 def image_headers(task: str | int | None, label: int | None) -> dict[str, str]:
@@ -64,36 +81,50 @@ def is_arrow(record: Record) -> bool:
 
 
 def split_arrow(record: Record) -> list[Record]:
-    """One Record per row of an Arrow IPC message; raises ``ValueError`` for a malformed message.
+    """One Record per row of an Arrow IPC message; raises ``DecodeError`` (a ValueError) for a malformed one.
 
-    Row headers (label, task, content type) override the message's headers for that image.
+    Row headers (label, task, content type) override the message's headers for that image. A message
+    without rows is an error (``empty``): it would otherwise vanish without being acked.
     """
     try:
         table = pa.ipc.open_stream(pa.py_buffer(record.payload)).read_all()
     except (pa.ArrowException, OSError) as exc:
-        raise ValueError(f"unreadable Arrow IPC stream: {exc}") from exc
+        raise DecodeError("corrupt", f"unreadable Arrow IPC stream: {str(exc)[:200]}") from None
     image_type = table.schema.field("image").type if "image" in table.column_names else None
     if image_type is None or not (pa.types.is_binary(image_type) or pa.types.is_large_binary(image_type)):
-        raise ValueError(f"Arrow message needs a binary 'image' column, has {table.schema}")
+        raise DecodeError("corrupt", f"Arrow message needs a binary 'image' column, has {str(table.schema)[:200]}")
     n = table.num_rows
+    if n == 0:
+        raise DecodeError("empty", "Arrow message without rows")
+    if n > MAX_ARROW_ROWS:
+        raise DecodeError("too_large", f"Arrow message with {n} rows > {MAX_ARROW_ROWS}")
     rows = {name: table.column(name).to_pylist() for name in ("image", "label", "task", "content_type")
             if name in table.column_names}
     base = {k: v for k, v in record.headers.items() if k != CONTENT_TYPE_HEADER}
     out = []
     for i in range(n):
         headers = dict(base)
-        if rows.get("label") is not None and rows["label"][i] is not None:
-            headers[LABEL_HEADER] = str(rows["label"][i])
-        if rows.get("task") is not None and rows["task"][i] is not None:
-            headers[TASK_HEADER] = str(rows["task"][i])
-        content_type = (rows.get("content_type") or [None] * n)[i] or ""
-        out.append(replace(record, payload=rows["image"][i] or b"", content_type=content_type, headers=headers,
-                           position=Position(record.position.key, record.position.offset, i, n)))
+        for column, header in (("label", LABEL_HEADER), ("task", TASK_HEADER)):
+            if rows.get(column) is not None and rows[column][i] is not None:
+                headers[header] = header_text(rows[column][i])
+        content_type = (rows.get("content_type") or [None] * n)[i]
+        out.append(replace(record, payload=rows["image"][i] or b"", content_type=header_text(content_type or ""),
+                           headers=headers, position=Position(record.position.key, record.position.offset, i, n)))
     return out
 
 
 def kafka_headers(headers: dict[str, str]) -> list[tuple[str, bytes]]:
-    return [(k, v.encode()) for k, v in headers.items()]
+    """str headers -> Kafka headers; raw bytes kept in a str (surrogate escapes, e.g. from file names) go back
+    as those bytes, other lone surrogates become '?', so a dead letter with odd headers can always be sent."""
+    return [(k, header_bytes(v)) for k, v in headers.items()]
+
+
+def header_bytes(value: str) -> bytes:
+    """A header value as bytes: surrogate escapes become the raw bytes they stand for."""
+    try:
+        return value.encode("utf-8", errors="surrogateescape")
+    except UnicodeEncodeError:
+        return value.encode("utf-8", errors="replace")
 
 
 def from_kafka_headers(headers: list[tuple[str, bytes | None]] | None) -> dict[str, str]:

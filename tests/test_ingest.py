@@ -194,3 +194,36 @@ def test_expand_splits_arrow_messages_into_positioned_records():
         w.write_table(table)
     with pytest.raises(DecodeError):
         expand(record(sink.getvalue().to_pybytes(), ARROW_CONTENT_TYPE))
+
+
+def _arrow_record(**columns) -> Record:
+    import pyarrow as pa
+    sink = pa.BufferOutputStream()
+    table = pa.table(columns)
+    with pa.ipc.new_stream(sink, table.schema) as w:
+        w.write_table(table)
+    return record(sink.getvalue().to_pybytes(), ARROW_CONTENT_TYPE)
+
+
+def test_arrow_messages_that_would_vanish_flood_or_crash_are_dead_lettered_with_a_reason():
+    import pyarrow as pa
+    from connectors.wire import MAX_ARROW_ROWS
+    png = encoded(solid(), "PNG")
+    for message, reason in [(_arrow_record(image=pa.array([], pa.binary())), "empty"),   # no rows: nothing to ack
+                            (_arrow_record(image=pa.array([b"x"] * (MAX_ARROW_ROWS + 1), pa.binary())), "too_large")]:
+        with pytest.raises(DecodeError) as err:
+            expand(message)
+        assert err.value.reason == reason
+    (typed,) = expand(_arrow_record(image=pa.array([png]), content_type=pa.array([7]), task=pa.array([b"t\xff"])))
+    assert typed.content_type == "7" and decode(typed, 4).shape == (3, 4, 4)     # int column: text, magic decides
+    with pytest.raises(DecodeError) as err:
+        parse_task(typed)                           # binary task column with bad UTF-8: replacement char, rejected
+    assert err.value.reason == "bad_header"
+
+
+@pytest.mark.parametrize("label", [str(2**31), "9" * 30, "9" * 5000])
+def test_labels_beyond_int32_are_bad_headers(label):
+    with pytest.raises(DecodeError) as err:
+        parse_label(record(b"", **{LABEL_HEADER: label}))
+    assert err.value.reason == "bad_header"
+    assert parse_label(record(b"", **{LABEL_HEADER: str(2**31 - 1)})) == 2**31 - 1
