@@ -81,6 +81,7 @@ def local_snapshot(source: str | Path, version: str = LATEST) -> Path:
 
 
 def local_manifest(folder: Path) -> dict:
+    """The manifest of a local snapshot folder; unreadable JSON is an integrity failure, not a crash."""
     try:
         return read_manifest(folder)
     except ValueError as e:
