@@ -19,6 +19,7 @@ from fastapi.responses import FileResponse, JSONResponse
 from fastapi.security import HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from streamd.errors import LocalIOError
 from streamd.metrics import Metrics
 from streamd.snapshots import MANIFEST, list_versions, read_manifest, resolve_version, sha256_file
 
@@ -119,7 +120,12 @@ class ApiServer:
         family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((self.host, self.port))  # bound here so that port 0 resolves before start() returns
+        try:
+            sock.bind((self.host, self.port))  # bound here so that port 0 resolves before start() returns
+        except OSError as e:  # a port in use, an address not on this host: the user picks another
+            sock.close()
+            raise LocalIOError(f"cannot serve the HTTP API on {self.host}:{self.port}: {e.strerror or e} "
+                               "(change api.host/api.port, e.g. STREAMD_API__PORT)") from e
         self.port = sock.getsockname()[1]
         config = uvicorn.Config(self.app, log_level="warning", access_log=False, lifespan="off")
         self._server = uvicorn.Server(config)

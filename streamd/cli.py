@@ -1,5 +1,6 @@
 """The ``streamd`` command. Each sub-command lives in ``streamd/commands/<name>.py`` and exposes
-``register(subparsers)``; this file only discovers and dispatches them."""
+``register(subparsers)``; this file only discovers and dispatches them, and turns an expected
+failure (``streamd.errors.UserFacingError``) into one line on stderr and its exit code."""
 from __future__ import annotations
 
 import argparse
@@ -8,11 +9,14 @@ import pkgutil
 import sys
 
 import streamd.commands
+from streamd.errors import EXIT_CODES, UserFacingError
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="streamd", description="Continual self-supervised representation learning from a live image stream.")
+        prog="streamd", description="Continual self-supervised representation learning from a live image stream.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="exit codes:\n" + "\n".join(f"  {code}  {meaning}" for code, meaning in EXIT_CODES))
     sub = parser.add_subparsers(dest="command", required=True)
     for mod in sorted(pkgutil.iter_modules(streamd.commands.__path__), key=lambda m: m.name):
         importlib.import_module(f"streamd.commands.{mod.name}").register(sub)
@@ -21,7 +25,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except UserFacingError as e:
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+        print(f"streamd: {'; '.join(lines)}", file=sys.stderr)
+        return e.exit_code
 
 
 if __name__ == "__main__":

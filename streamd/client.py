@@ -12,6 +12,8 @@ import json
 import os
 import re
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -19,14 +21,16 @@ import safetensors.torch
 from torch import nn
 
 from models.encoders import EncoderSpec, build_encoder
-from streamd.snapshots import (CONFIG, LATEST, MANIFEST, MODEL, VERSION_RE, read_manifest, resolve_version,
-                               sha256_file)
+from streamd.errors import (AuthError, IntegrityError, LocalIOError, NotFoundError, UnreachableError, UsageError,
+                            os_error_text)
+from streamd.snapshots import (CONFIG, LATEST, MANIFEST, MODEL, VERSION_RE, list_versions, read_manifest,
+                               resolve_version, sha256_file)
 
 TOKEN_ENV = "STREAMD_API__TOKEN"
 FILE_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")  # a plain name: no folders, no '..', no hidden files
 
 
-class SnapshotIntegrityError(RuntimeError):
+class SnapshotIntegrityError(IntegrityError):
     """A snapshot file is missing or differs from its sha256, or the manifest names unsafe files."""
 
 
@@ -36,7 +40,9 @@ def _is_url(source: str | Path) -> bool:
 
 def check_manifest(manifest: dict, where: str) -> None:
     """A manifest (possibly from a remote server) must name the two files and only plain file names."""
-    files = manifest.get("files", {})
+    files = manifest.get("files") if isinstance(manifest, dict) else None
+    if not isinstance(files, dict):
+        raise SnapshotIntegrityError(f"{where} gave no snapshot manifest (no files and sha256 digests)")
     for name in (MODEL, CONFIG):
         if name not in files:
             raise SnapshotIntegrityError(f"manifest of {where} lists no sha256 for {name}")
@@ -63,50 +69,105 @@ def local_snapshot(source: str | Path, version: str = LATEST) -> Path:
     source = Path(source)
     if (source / MANIFEST).is_file():
         return source
+    if not source.is_dir():
+        raise NotFoundError(f"no snapshot folder {source}")
     name = resolve_version(source, version)
-    if name is None:
-        raise FileNotFoundError(f"no snapshot {version!r} under {source}")
-    return source / name
+    if name is not None:
+        return source / name
+    have = list_versions(source)
+    if not have:
+        raise NotFoundError(f"{source} is not a snapshot store: no {MANIFEST} and no vNNNNNN/ snapshot folders")
+    raise NotFoundError(f"no snapshot {version} under {source} (it has {have[0]} to {have[-1]})")
+
+
+def local_manifest(folder: Path) -> dict:
+    """The manifest of a local snapshot folder; unreadable JSON is an integrity failure, not a crash."""
+    try:
+        return read_manifest(folder)
+    except ValueError as e:
+        raise SnapshotIntegrityError(f"{folder / MANIFEST} is not valid JSON: {e}") from e
 
 
 def pull(source: str | Path, version: str = LATEST, out_dir: str | Path = "snapshot",
-         token: str | None = None) -> Path:
+         token: str | None = None, timeout: float = 60.0) -> Path:
     """Copies one verified snapshot (the three files) into ``out_dir`` and returns it."""
+    if version != LATEST and not VERSION_RE.match(version):
+        raise UsageError(f"a snapshot version is vNNNNNN or {LATEST}, not {version!r}")
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     if _is_url(source):
-        _download(str(source).rstrip("/"), version, out, token or os.environ.get(TOKEN_ENV))
+        _download(str(source).rstrip("/"), version, out, token or os.environ.get(TOKEN_ENV), timeout)
     else:
         folder = local_snapshot(source, version)
-        manifest = read_manifest(folder)
+        manifest = local_manifest(folder)
         verify(folder, manifest)
-        for name in [*manifest["files"], MANIFEST]:
-            (out / name).write_bytes((folder / name).read_bytes())
+        with _writing_into(out):
+            for name in [*manifest["files"], MANIFEST]:
+                (out / name).write_bytes((folder / name).read_bytes())
     return out
 
 
-def _download(base: str, version: str, out: Path, token: str | None) -> None:
+@contextmanager
+def _writing_into(out: Path) -> Iterator[None]:
+    """Creates ``out``; an OSError while creating or filling it is an output folder the user must fix."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        yield
+    except OSError as e:
+        raise LocalIOError(f"cannot write the snapshot into {out}: {os_error_text(e)}") from e
+
+
+def _download(base: str, version: str, out: Path, token: str | None, timeout: float) -> None:
     headers = {"Authorization": f"Bearer {token}"} if token else {}
-    with httpx.Client(base_url=base, headers=headers, timeout=60.0) as http:
-        response = http.get(f"/v1/snapshots/{version}")
-        response.raise_for_status()
-        manifest = response.json()
-        check_manifest(manifest, base)  # its names become local paths and URLs below
-        concrete = manifest["name"]  # pin the files to the version the manifest came from
-        for name, expected in manifest["files"].items():
-            digest = hashlib.sha256()
-            partial = out / f".{name}.partial"
-            with http.stream("GET", f"/v1/snapshots/{concrete}/files/{name}") as stream, open(partial, "wb") as f:
-                stream.raise_for_status()
+    try:
+        with httpx.Client(base_url=base, headers=headers, timeout=timeout) as http:
+            response = http.get(f"/v1/snapshots/{version}")
+            _check_status(response, base, version, token)
+            try:
+                manifest = response.json()
+            except ValueError:
+                raise SnapshotIntegrityError(f"{base} answered {response.url.path} with no JSON manifest") from None
+            check_manifest(manifest, base)  # its names become local paths and URLs below
+            concrete = manifest["name"]  # pin the files to the version the manifest came from
+            with _writing_into(out):
+                for name, expected in manifest["files"].items():
+                    _download_file(http, base, concrete, name, expected, out, token)
+                (out / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    except httpx.TransportError as e:  # refused, DNS, timeout, connection dropped
+        reason = re.sub(r"^\[Errno -?\d+\] ", "", str(e)) or type(e).__name__
+        raise UnreachableError(f"cannot reach {base}: {reason}") from e
+    except httpx.InvalidURL as e:
+        raise UsageError(f"invalid server URL {base}: {e}") from e
+
+
+def _download_file(http: httpx.Client, base: str, version: str, name: str, expected: str, out: Path,
+                   token: str | None) -> None:
+    """One file through a hidden ``.partial`` name, renamed into place only once its sha256 matches."""
+    digest = hashlib.sha256()
+    partial = out / f".{name}.partial"
+    try:
+        with http.stream("GET", f"/v1/snapshots/{version}/files/{name}") as stream:
+            _check_status(stream, base, version, token)
+            with open(partial, "wb") as f:
                 for chunk in stream.iter_bytes():
                     digest.update(chunk)
                     f.write(chunk)
-            if digest.hexdigest() != expected:
-                partial.unlink()
-                raise SnapshotIntegrityError(f"sha256 mismatch for {name} downloaded from {base} ({concrete}): "
-                                             f"manifest says {expected}, got {digest.hexdigest()}")
-            partial.replace(out / name)
-        (out / MANIFEST).write_text(json.dumps(manifest, indent=2))
+        if digest.hexdigest() != expected:
+            raise SnapshotIntegrityError(f"sha256 mismatch for {name} downloaded from {base} ({version}): "
+                                         f"manifest says {expected}, got {digest.hexdigest()}")
+        partial.replace(out / name)
+    finally:
+        partial.unlink(missing_ok=True)  # a failed file leaves nothing behind
+
+
+def _check_status(response: httpx.Response, base: str, version: str, token: str | None) -> None:
+    code = response.status_code
+    if code in (401, 403):
+        hint = "wrong bearer token" if token else f"no bearer token given (--token or ${TOKEN_ENV})"
+        raise AuthError(f"{base} refused the request ({code}): {hint}")
+    if code == 404:
+        raise NotFoundError(f"no snapshot {version} at {base} ({response.url.path} answered 404)")
+    if response.is_error:
+        raise UnreachableError(f"{base} answered {code} {response.reason_phrase} for {response.url.path}")
 
 
 def build_module(folder: Path) -> nn.Module:
@@ -124,5 +185,5 @@ def load_encoder(source: str | Path, version: str = LATEST, token: str | None = 
         with tempfile.TemporaryDirectory(prefix="streamd-pull-") as tmp:
             return build_module(pull(source, version, tmp, token))
     folder = local_snapshot(source, version)
-    verify(folder, read_manifest(folder))
+    verify(folder, local_manifest(folder))
     return build_module(folder)

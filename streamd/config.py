@@ -9,7 +9,6 @@ in a long-running daemon's config should never be silently ignored.
 from __future__ import annotations
 
 import json
-import sys
 import tomllib
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -17,6 +16,7 @@ from typing import Any, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
 
+from streamd.errors import UsageError
 from streamd.optim import OptimConfig
 
 
@@ -202,14 +202,15 @@ class StreamdConfig(BaseSettings):
         return tuple(sources)
 
 
-class ConfigError(ValueError):
-    """A readable one-error-per-line message: ``field.path: what is wrong``."""
+class ConfigError(UsageError, ValueError):
+    """A readable one-error-per-line message: ``field.path: what is wrong`` (the CLI exits 2)."""
 
 
 def load_config(path: str | Path | None = None, **overrides) -> StreamdConfig:
     """Defaults < the TOML file at ``path`` < STREAMD_* environment < ``overrides``."""
     if path is not None and not Path(path).is_file():
-        raise ConfigError(f"config file {path} does not exist")
+        raise ConfigError(f"config file {path} does not exist" if not Path(path).exists()
+                          else f"config file {path} is not a file")
     bound = type("StreamdConfig", (StreamdConfig,), {"toml_file": Path(path) if path else None})
     try:
         return bound(**overrides)
@@ -217,15 +218,10 @@ def load_config(path: str | Path | None = None, **overrides) -> StreamdConfig:
         raise ConfigError(format_errors(e)) from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"config file {path} is not valid TOML: {e}") from None
-
-
-def load_config_for_cli(path: str | Path | None) -> StreamdConfig | None:
-    """For a command: a bad configuration is printed to stderr (one line per error) and gives None."""
-    try:
-        return load_config(path)
-    except ConfigError as e:
-        print(f"streamd: {e}", file=sys.stderr)
-        return None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"config file {path} is not UTF-8 text: {e.reason} at byte {e.start}") from None
+    except OSError as e:
+        raise ConfigError(f"config file {path} cannot be read: {e.strerror or e}") from None
 
 
 def format_errors(error: ValidationError) -> str:

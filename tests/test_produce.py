@@ -57,8 +57,9 @@ def test_no_headers_raw_format_count_and_rate(tmp_path, capsys):
 
 
 def test_arrow_is_refused_for_folders(tmp_path, capsys):
-    with pytest.raises(SystemExit):
-        main(["produce", "dir", "--out", str(tmp_path), "--dataset", "digits", "--format", "arrow"])
+    assert main(["produce", "dir", "--out", str(tmp_path), "--dataset", "digits", "--format", "arrow"]) == 2
+    assert capsys.readouterr().err == "streamd: --format arrow is for Kafka; a directory gets one file per image " \
+                                      "(png or raw)\n"
 
 
 def test_parquet_file_into_folders(tmp_path, capsys):

@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from streamd.config import load_config_for_cli, masked_dict, to_toml
+from streamd.config import load_config, masked_dict, to_toml
 
 
 def register(subparsers) -> None:
@@ -17,8 +17,6 @@ def register(subparsers) -> None:
 
 
 def show_config(args) -> int:
-    cfg = load_config_for_cli(args.config)
-    if cfg is None:
-        return 2
+    cfg = load_config(args.config)  # a ConfigError reaches streamd.cli.main: one line, exit 2
     print(to_toml(cfg) if args.format == "toml" else json.dumps(masked_dict(cfg), indent=2))
     return 0

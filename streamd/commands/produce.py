@@ -14,9 +14,11 @@ import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from connectors.base import ARROW_CONTENT_TYPE, CONTENT_TYPE_HEADER, LABEL_HEADER, SHAPE_HEADER, TASK_HEADER
 from connectors.wire import arrow_message, encode_image, image_headers
+from streamd.errors import LocalIOError, NotFoundError, UnreachableError, UsageError, os_error_text
 
 FORMATS = ("png", "raw", "arrow")
 _EXTENSIONS = {"image/png": ".png", "image/jpeg": ".jpg", "image/webp": ".webp", "image/bmp": ".bmp",
@@ -35,23 +37,46 @@ class Item:
 
 
 def dataset_items(args) -> Iterator[Item]:
+    """Loads and splits the dataset now (so bad input fails before anything is sent), encodes lazily."""
     from streamd.data import task_stream
 
-    fmt = "raw" if args.format == "raw" else "png"
-    for task in task_stream(args.dataset, args.split, args.tasks, args.image_size, args.seed):
+    folder = Path(args.dataset.split(":", 1)[1]) if args.dataset.startswith("imagefolder:") else None
+    if folder is not None and not folder.is_dir():
+        raise NotFoundError(f"no input folder {folder} (--dataset imagefolder:PATH)")
+    try:
+        tasks = task_stream(args.dataset, args.split, args.tasks, args.image_size, args.seed)
+    except ValueError as e:  # unknown dataset, too few classes for the tasks, a folder without classes
+        raise UsageError(str(e)) from e
+    return _encoded(tasks, "raw" if args.format == "raw" else "png", args.per_task)
+
+
+def _encoded(tasks, fmt: str, per_task: int) -> Iterator[Item]:
+    for task in tasks:
         pixels = task.images.permute(0, 2, 3, 1).numpy()
-        for i in range(min(len(pixels), args.per_task or len(pixels))):
+        for i in range(min(len(pixels), per_task or len(pixels))):
             payload, content_type, extra = encode_image(pixels[i], fmt)
             yield Item(payload, content_type, str(task.task_id), int(task.labels[i]), extra)
 
 
 def parquet_items(args) -> Iterator[Item]:
+    """Opens the file now (so a missing or broken one fails before anything is sent), reads lazily."""
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
+    if not Path(args.parquet).is_file():
+        raise NotFoundError(f"no Parquet file {args.parquet} (--parquet)")
+    try:
+        table = pq.ParquetFile(args.parquet)
+    except pa.ArrowInvalid as e:
+        raise UsageError(f"{args.parquet} is not a Parquet file: {e}") from e
+    return _parquet_rows(table, args)
+
+
+def _parquet_rows(table, args) -> Iterator[Item]:
     from streamd.ingest import sniff_content_type
 
     per_task: dict[str, int] = {}
-    for batch in pq.ParquetFile(args.parquet).iter_batches(batch_size=256):
+    for batch in table.iter_batches(batch_size=256):
         cols = batch.to_pydict()
         for i, payload in enumerate(cols[args.image_column]):
             task = str(cols[args.task_column][i]) if args.task_column in cols else "0"
@@ -67,9 +92,17 @@ class KafkaOut:
     """One message per image, or (``--format arrow``) one Arrow message per batch within a task."""
 
     def __init__(self, args):
+        from kafka.errors import KafkaConfigurationError, KafkaTimeoutError
+
         from connectors.kafka import KafkaSink
 
-        self.sink = KafkaSink(args.bootstrap_servers, args.topic, parse_client_options(args.client_option))
+        try:
+            self.sink = KafkaSink(args.bootstrap_servers, args.topic, parse_client_options(args.client_option))
+        except KafkaTimeoutError as e:  # kafka-python's bootstrap: refused, unknown host, nothing answering
+            raise UnreachableError(f"cannot reach the Kafka broker at {args.bootstrap_servers}: no answer within "
+                                   "bootstrap_timeout_ms (refused, unknown host or not listening)") from e
+        except (KafkaConfigurationError, ValueError) as e:  # e.g. an unknown --client-option
+            raise UsageError(f"invalid Kafka client settings: {e}") from e
         self.headers, self.arrow, self.arrow_batch = args.headers, args.format == "arrow", args.arrow_batch
         self.pending: list[Item] = []
         self.messages = 0
@@ -110,7 +143,7 @@ class DirOut:
         from connectors.directory import DirectoryWriter
 
         if args.format == "arrow":
-            raise SystemExit("--format arrow is for Kafka; a directory gets one file per image (png or raw)")
+            raise UsageError("--format arrow is for Kafka; a directory gets one file per image (png or raw)")
         self.writer, self.headers = DirectoryWriter(args.out), args.headers
         self.messages = 0
 
@@ -121,7 +154,10 @@ class DirOut:
             name = f"{task_folder(item.task)}/{name}"
             if item.label is not None:
                 sidecar["label"] = item.label
-        self.writer.write(name, item.payload, sidecar or None)
+        try:
+            self.writer.write(name, item.payload, sidecar or None)
+        except OSError as e:
+            raise LocalIOError(f"cannot write into {self.writer.root}: {os_error_text(e)}") from e
         self.messages += 1
 
     def close(self) -> None:
@@ -138,14 +174,14 @@ def parse_client_options(pairs: list[str] | None) -> dict:
     for pair in pairs or []:
         key, sep, value = pair.partition("=")
         if not sep:
-            raise SystemExit(f"--client-option needs KEY=VALUE, got {pair!r}")
+            raise UsageError(f"--client-option needs KEY=VALUE, got {pair!r}")
         options[key] = int(value) if value.isdigit() else {"true": True, "false": False}.get(value.lower(), value)
     return options
 
 
 def run(args) -> int:
     if args.sink == "dir" and not args.out:
-        raise SystemExit("streamd produce dir needs --out DIR")
+        raise UsageError("streamd produce dir needs --out DIR")
     items = parquet_items(args) if args.parquet else dataset_items(args)
     out = KafkaOut(args) if args.sink == "kafka" else DirOut(args)
     start, sent, tasks = time.monotonic(), 0, []

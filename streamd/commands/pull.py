@@ -1,4 +1,7 @@
-"""``streamd pull SOURCE --version latest --out DIR``: fetch one snapshot and verify its sha256."""
+"""``streamd pull SOURCE --version latest --out DIR``: fetch one snapshot and verify its sha256.
+
+Failures (not found, sha256 mismatch, refused token, unreachable server, unwritable --out) are
+``streamd.errors`` exceptions raised by ``streamd.client``: one line on stderr, a documented exit code."""
 from __future__ import annotations
 
 import os
@@ -7,7 +10,7 @@ from streamd.client import TOKEN_ENV, pull
 
 
 def run(args) -> int:
-    folder = pull(args.source, args.version, args.out, token=args.token)
+    folder = pull(args.source, args.version, args.out, token=args.token, timeout=args.timeout)
     print(f"pulled {args.source} {args.version} into {folder}")
     return 0
 
@@ -18,4 +21,6 @@ def register(subparsers) -> None:
     p.add_argument("--version", default="latest", help="vNNNNNN or latest")
     p.add_argument("--out", required=True, help="folder to write model.safetensors, config.json, manifest.json")
     p.add_argument("--token", default=os.environ.get(TOKEN_ENV), help=f"bearer token (default: ${TOKEN_ENV})")
+    p.add_argument("--timeout", type=float, default=60.0, metavar="SECONDS",
+                   help="give up on a server that does not connect or answer within this (default 60)")
     p.set_defaults(func=run)

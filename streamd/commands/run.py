@@ -6,7 +6,7 @@ import logging
 import sys
 from pathlib import Path
 
-from streamd.config import load_config_for_cli
+from streamd.config import load_config
 
 
 def register(subparsers) -> None:
@@ -21,9 +21,7 @@ def register(subparsers) -> None:
 
 
 def main(args) -> int:
-    cfg = load_config_for_cli(args.config)
-    if cfg is None:
-        return 2
+    cfg = load_config(args.config)  # a ConfigError reaches streamd.cli.main: one line, exit 2
     logging.basicConfig(level=cfg.logging.level, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from streamd.checkpoint import NoLoadableCheckpoint, set_aside
