@@ -91,6 +91,9 @@ class KafkaSource:
         self._consumer = KafkaConsumer(bootstrap_servers=bootstrap_servers, group_id=group_id,
                                        enable_auto_commit=False, allow_auto_create_topics=False,
                                        max_poll_records=max_poll_records, **options)
+        # kafka-python 3.0.12 drops allow_auto_create_topics on its way to the metadata requests
+        # (KafkaConnectionManager builds ClusterMetadata without it): set it where it is used.
+        self._consumer._cluster.config["allow_auto_create_topics"] = False
         self._lock = threading.RLock()
         self._last_used = time.monotonic()
         self._buffer: deque[Record] = deque()
