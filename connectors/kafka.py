@@ -13,6 +13,7 @@ whenever the consumer sat idle for a quarter of ``max_poll_interval_ms``, so no 
 One lock serializes every use of the consumer (it is not thread-safe) and of the source's state
 (rebalance callbacks may run on that thread).
 
+Group joins: a join that finished between two polls is used, not restarted (connectors/kafka_group.py).
 Safety: the input topic is never auto-created; records kafka-python cannot parse become
 ``unparseable_record`` dead letters (connectors/kafka_parsing.py); start offsets past the log end
 are caught (connectors/kafka_offsets.py). ``problem()`` reports what keeps the source from reading.
@@ -32,17 +33,17 @@ from kafka.errors import CommitFailedError, KafkaError, RebalanceInProgressError
 from kafka.structs import OffsetAndMetadata
 
 from connectors.acks import AckedPrefix
-from connectors.base import CONTENT_TYPE_HEADER, Position, Record
+from connectors.base import Record
+from connectors.kafka_group import install_join_fix
 from connectors.kafka_keepalive import KeepAliveThread
 from connectors.kafka_offsets import OFFSET_POLICIES, BeyondLogEnd, beyond_log_end
-from connectors.kafka_parsing import (UnparseableMessage, install_parse_guards, undecodable_header_keys,
-                                      unparseable_record)
+from connectors.kafka_parsing import install_parse_guards, records_of
 from connectors.kafka_sink import (DEAD_LETTER_POSITION_HEADER, DEAD_LETTER_REASON_HEADER,  # noqa: F401 -- re-exported
                                    KafkaDeadLetter, KafkaSink, committed_offsets)
-from connectors.wire import from_kafka_headers, is_arrow, split_arrow
 
 log = logging.getLogger(__name__)
 install_parse_guards()
+install_join_fix()
 
 HEALTH_CHECK_S = 2.0
 
@@ -256,31 +257,10 @@ class KafkaSource:
         for tp, messages in batches.items():
             tracker = self._acks.setdefault(_key(tp), AckedPrefix())
             for message in messages:
-                for record in self._records(tp, message):
+                for record in records_of(_key(tp), message):
                     if not tracker.skip(record.position):
                         self._buffer.append(record)
                 self._fetched_next[_key(tp)] = message.offset + 1
-
-    def _records(self, tp: TopicPartition, message) -> list[Record]:
-        if isinstance(message, UnparseableMessage):
-            log.error("unparseable record at %s@%d: %s", _key(tp), message.offset, message.error)
-            return [unparseable_record(_key(tp), message.offset, message.error)]
-        raw_keys = undecodable_header_keys(message.headers)
-        headers = from_kafka_headers([(k, v) for k, v in message.headers or [] if k.encode() not in raw_keys])
-        timestamp = (message.timestamp or 0) / 1000.0
-        if raw_keys:
-            error = f"header key(s) not UTF-8: {', '.join(repr(k) for k in raw_keys)}"
-            log.error("unparseable record at %s@%d: %s", _key(tp), message.offset, error)
-            return [unparseable_record(_key(tp), message.offset, error, message.value or b"", headers, timestamp)]
-        record = Record(payload=message.value or b"", content_type=headers.pop(CONTENT_TYPE_HEADER, ""),
-                        position=Position(_key(tp), message.offset), headers=headers, timestamp=timestamp)
-        if not is_arrow(record):
-            return [record]
-        try:
-            return split_arrow(record)
-        except ValueError as exc:   # handed on whole; ingest.expand dead-letters it with the reason
-            log.warning("malformed Arrow message at %s: %s", record.position, exc)
-            return [record]
 
     def _apply(self, key: str, target: tuple[int, dict]) -> None:
         offset, partial = target

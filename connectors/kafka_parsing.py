@@ -1,4 +1,4 @@
-"""Kafka records that kafka-python cannot parse: keep the stream moving, never lose a good record.
+"""Consumed Kafka messages -> Records, including records kafka-python cannot parse (never lose a good one).
 
 Why an override: kafka-python (checked against 3.0.12) decodes every header key as strict UTF-8
 while it iterates a record batch (``DefaultRecordBatch._read_msg``). One record with a non-UTF-8
@@ -31,7 +31,12 @@ from kafka.errors import CorruptRecordError, KafkaError
 from kafka.record.default_records import DefaultRecord, DefaultRecordBatch
 from kafka.record.util import decode_varint
 
-from connectors.base import PARSE_ERROR_HEADER, UNPARSEABLE_CONTENT_TYPE, Position, Record
+import logging
+
+from connectors.base import CONTENT_TYPE_HEADER, PARSE_ERROR_HEADER, UNPARSEABLE_CONTENT_TYPE, Position, Record
+from connectors.wire import from_kafka_headers, is_arrow, split_arrow
+
+log = logging.getLogger(__name__)
 
 
 class UndecodableHeaderKey(str):
@@ -142,8 +147,27 @@ def _stop_at_unparseable_records() -> None:
     Fetcher.PartitionRecords._unpack_records = unpack_records
 
 
-def undecodable_header_keys(headers) -> list[bytes]:
-    return [key.raw for key, _ in (headers or []) if isinstance(key, UndecodableHeaderKey)]
+def records_of(key: str, message) -> list[Record]:
+    """One consumed message -> its Records: one per image, or one unparseable_record."""
+    if isinstance(message, UnparseableMessage):
+        log.error("unparseable record at %s@%d: %s", key, message.offset, message.error)
+        return [unparseable_record(key, message.offset, message.error)]
+    raw_keys = [k.raw for k, _ in message.headers or [] if isinstance(k, UndecodableHeaderKey)]
+    headers = from_kafka_headers([(k, v) for k, v in message.headers or [] if not isinstance(k, UndecodableHeaderKey)])
+    timestamp = (message.timestamp or 0) / 1000.0
+    if raw_keys:
+        error = f"header key(s) not UTF-8: {', '.join(repr(k) for k in raw_keys)}"
+        log.error("unparseable record at %s@%d: %s", key, message.offset, error)
+        return [unparseable_record(key, message.offset, error, message.value or b"", headers, timestamp)]
+    record = Record(payload=message.value or b"", content_type=headers.pop(CONTENT_TYPE_HEADER, ""),
+                    position=Position(key, message.offset), headers=headers, timestamp=timestamp)
+    if not is_arrow(record):
+        return [record]
+    try:
+        return split_arrow(record)
+    except ValueError as exc:   # handed on whole; ingest.expand dead-letters it with the reason
+        log.warning("malformed Arrow message at %s: %s", record.position, exc)
+        return [record]
 
 
 def unparseable_record(key: str, offset: int, error: str, payload: bytes = b"", headers: dict | None = None,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 
+import numpy as np
 import pytest
 from conftest import FAST_CLIENT, create_topic, tansu_broker
 from kafka import KafkaProducer
@@ -15,6 +16,7 @@ from test_kafka_source import consume, offsets, produce_images
 
 from connectors.base import PARSE_ERROR_HEADER, UNPARSEABLE_CONTENT_TYPE
 from connectors.kafka import KafkaSource, committed_offsets
+from connectors.wire import encode_image
 from streamd.ingest import DecodeError, decode, expand
 
 
@@ -41,9 +43,6 @@ POISON_HEADERS = [(RawHeaderKey(b"\xff\xfebad"), b"x"), ("content-type", b"image
 
 
 def png(value: int) -> bytes:
-    from connectors.wire import encode_image
-    import numpy as np
-
     return encode_image(np.full((4, 4, 3), value, np.uint8), "png")[0]
 
 
