@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 from conftest import FAST_CLIENT, create_topic, tansu_broker
-from kafka import KafkaProducer
+from kafka import KafkaProducer, TopicPartition
 from kafka.admin import KafkaAdminClient
 from kafka.consumer.fetcher import Fetcher
 from kafka.record.memory_records import MemoryRecords
@@ -200,3 +200,26 @@ def test_a_step_three_times_longer_than_max_poll_interval_keeps_the_membership(k
     thread = source._keepalive._thread
     source.close()
     assert not thread.is_alive()
+
+
+def test_members_that_poll_only_now_and_then_settle_into_one_assignment(kafka_broker):
+    """A group join finishes while its member is busy (not in poll): the member must take the
+    assignment it was given, not start another round (which made the other member rejoin, forever)."""
+    topic = create_topic(kafka_broker, partitions=2)
+    options = {**FAST_CLIENT, "max_poll_interval_ms": 20000}
+    members = [KafkaSource(kafka_broker, topic, "g-busy", client_options=options) for _ in range(2)]
+    deadline = time.monotonic() + 40
+    while time.monotonic() < deadline and [len(m._consumer.assignment()) for m in members] != [1, 1]:
+        for member in members:
+            member.poll(0, 0.1)
+        time.sleep(1.0)                           # busy: the join's responses arrive meanwhile
+    assert [len(m._consumer.assignment()) for m in members] == [1, 1]
+    generations = [m._consumer.group_metadata().generation_id for m in members]
+    for _ in range(4):                            # and it stays settled: no further rounds
+        for member in members:
+            member.poll(0, 0.1)
+        time.sleep(1.0)
+    assert [m._consumer.group_metadata().generation_id for m in members] == generations
+    assert {tp for m in members for tp in m._consumer.assignment()} == {TopicPartition(topic, 0), TopicPartition(topic, 1)}
+    for member in members:
+        member.close()
