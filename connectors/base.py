@@ -4,7 +4,9 @@ A source hands out Records in a stable order. The daemon ``ack``s each record on
 either trained on or dead-lettered; ``position_state()`` describes exactly the acked prefix
 (JSON-able) and goes into the checkpoint. After the checkpoint is durable the daemon calls
 ``commit(state)`` (Kafka offsets, files marked done). On start it calls ``seek(state)`` with the
-checkpoint's state so that nothing after the checkpoint is skipped.
+checkpoint's state so that nothing after the checkpoint is skipped. ``problem()`` says why the
+source cannot deliver right now (broker unreachable, topic missing, offsets beyond the log end): the
+daemon reports it on /readyz.
 """
 from __future__ import annotations
 
@@ -19,6 +21,10 @@ CONTENT_TYPE_HEADER = "content-type"
 
 RAW_CONTENT_TYPE = "application/x-raw-uint8"
 ARROW_CONTENT_TYPE = "application/vnd.apache.arrow.stream"
+# A message the source could not parse (e.g. a Kafka record with a non-UTF-8 header key): ingest
+# rejects it with reason ``unparseable_record``; the error text travels in PARSE_ERROR_HEADER.
+UNPARSEABLE_CONTENT_TYPE = "application/x-streamd-unparseable"
+PARSE_ERROR_HEADER = "streamd-parse-error"
 
 
 @dataclass(frozen=True)
@@ -67,9 +73,11 @@ class Source(Protocol):
 
     def seek(self, state: dict) -> None: ...
 
-    def commit(self, state: dict) -> None: ...
+    def commit(self, state: dict) -> bool | None: ...   # False: not committed (None: nothing to commit)
 
     def lag(self) -> int | None: ...
+
+    def problem(self) -> str | None: ...   # None: healthy; else a one-line reason
 
     def close(self) -> None: ...
 

@@ -109,6 +109,12 @@ class DirectorySource:
                 self._finished_paths[key] = key[1]
         self._done = {k for k in self._done if k > self._hwm} if self._hwm else self._done
 
+    def problem(self) -> str | None:
+        """The watched folder must exist and be listable."""
+        if not os.access(self.root, os.R_OK | os.X_OK) or not self.root.is_dir():
+            return f"folder {self.root} is missing or not readable"
+        return None
+
     def position_state(self) -> dict:
         done = self._done | {k for k, acked in self._outstanding.items() if acked}
         return {"hwm": list(self._hwm) if self._hwm else None, "done": sorted(map(list, done))}

@@ -1,36 +1,63 @@
-"""Kafka source, dead-letter topic and image producer (kafka-python).
+"""Kafka source (kafka-python); the producers live in connectors/kafka_sink.py.
 
 Offsets are never auto-committed: the daemon commits only what a durable checkpoint covers.
 Positions are ``Position("topic:partition", offset, index, count)``; ``position_state()`` is
 ``{"offsets": {"topic:partition": first unfinished offset}, "partial": {"topic:partition":
 {offset: [done image indices]}}}`` (the second only for partly finished Arrow messages).
 
-Slow steps and ``max_poll_interval_ms``: kafka-python leaves the group when ``poll()`` is not
-called within ``max_poll_interval_ms`` (default 300 s). Every ``KafkaSource.poll()`` polls the
-consumer, but fetches only while the internal buffer is short (so the buffer holds at most
-``max_poll_records`` messages beyond what was asked for; an Arrow message counts once but holds
-many images); with a full buffer it polls with all partitions paused, which only heartbeats. Anything slow between two ``poll()`` calls (a checkpoint, a
-snapshot) may call ``keepalive()`` to reset the timer the same way.
+Liveness: kafka-python leaves the group when ``poll()`` is not called within
+``max_poll_interval_ms``. Every ``KafkaSource.poll()`` polls the consumer, but fetches only while
+the internal buffer is short; with a full buffer it polls with all partitions paused, which
+fetches nothing. Between two ``poll()`` calls a ``KeepAliveThread`` does the same paused poll
+whenever the consumer sat idle for a quarter of ``max_poll_interval_ms``, so no step is too slow.
+One lock serializes every use of the consumer (it is not thread-safe) and of the source's state
+(rebalance callbacks may run on that thread).
+
+Group joins: a join that finished between two polls is used, not restarted (connectors/kafka_group.py).
+Safety: the input topic is never auto-created; records kafka-python cannot parse become
+``unparseable_record`` dead letters (connectors/kafka_parsing.py); start offsets past the log end
+are caught (connectors/kafka_offsets.py). ``problem()`` reports what keeps the source from reading.
 """
 from __future__ import annotations
 
+import functools
 import logging
+import threading
 import time
 from collections import deque
+from collections.abc import Callable
 
-from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka import KafkaConsumer, TopicPartition
 from kafka.consumer.subscription_state import ConsumerRebalanceListener
 from kafka.errors import CommitFailedError, KafkaError, RebalanceInProgressError
 from kafka.structs import OffsetAndMetadata
 
 from connectors.acks import AckedPrefix
-from connectors.base import CONTENT_TYPE_HEADER, Position, Record
-from connectors.wire import from_kafka_headers, is_arrow, kafka_headers, split_arrow
+from connectors.base import Record
+from connectors.kafka_group import install_join_fix
+from connectors.kafka_keepalive import KeepAliveThread
+from connectors.kafka_offsets import OFFSET_POLICIES, BeyondLogEnd, beyond_log_end
+from connectors.kafka_parsing import install_parse_guards, records_of
+from connectors.kafka_sink import (DEAD_LETTER_POSITION_HEADER, DEAD_LETTER_REASON_HEADER,  # noqa: F401 -- re-exported
+                                   KafkaDeadLetter, KafkaSink, committed_offsets)
 
 log = logging.getLogger(__name__)
+install_parse_guards()
+install_join_fix()
 
-DEAD_LETTER_REASON_HEADER = "streamd-dead-letter-reason"
-DEAD_LETTER_POSITION_HEADER = "streamd-source-position"
+HEALTH_CHECK_S = 2.0
+
+
+def _locked(method):
+    """Runs a method under the source's lock and marks the consumer as just used."""
+    @functools.wraps(method)
+    def run(self, *args, **kwargs):
+        with self._lock:
+            try:
+                return method(self, *args, **kwargs)
+            finally:
+                self._last_used = time.monotonic()
+    return run
 
 
 def _key(tp: TopicPartition) -> str:
@@ -43,29 +70,51 @@ def _tp(key: str) -> TopicPartition:
 
 
 class KafkaSource:
-    """A consumer-group member; see the module docstring for positions and liveness."""
+    """A consumer-group member; see the module docstring for positions, liveness and safety."""
 
     def __init__(self, bootstrap_servers: str, topic: str, group_id: str, max_poll_records: int = 256,
-                 client_options: dict | None = None, commit_retries: int = 5, commit_timeout_ms: int = 5000):
+                 client_options: dict | None = None, commit_retries: int = 5, commit_timeout_ms: int = 5000,
+                 on_offsets_beyond_log_end: str = "fail", on_offsets_invalid: Callable[[], None] | None = None):
         options = {"auto_offset_reset": "earliest", **(client_options or {})}
         if options.pop("enable_auto_commit", False):
             raise ValueError("enable_auto_commit must stay off: offsets are committed after checkpoints")
+        if options.pop("allow_auto_create_topics", False):
+            raise ValueError("allow_auto_create_topics must stay off: a missing input topic is a problem to report")
+        if on_offsets_beyond_log_end not in OFFSET_POLICIES:
+            raise ValueError(f"on_offsets_beyond_log_end must be one of {OFFSET_POLICIES}, "
+                             f"not {on_offsets_beyond_log_end!r}")
         self.name = f"kafka:{topic}"
         self.topic = topic
         self.max_poll_records = max_poll_records
         self.commit_retries, self.commit_timeout_ms = commit_retries, commit_timeout_ms
+        self.on_offsets_beyond_log_end, self.on_offsets_invalid = on_offsets_beyond_log_end, on_offsets_invalid
+        self.offsets_invalid_total = 0
         self._consumer = KafkaConsumer(bootstrap_servers=bootstrap_servers, group_id=group_id,
-                                       enable_auto_commit=False, max_poll_records=max_poll_records, **options)
+                                       enable_auto_commit=False, allow_auto_create_topics=False,
+                                       max_poll_records=max_poll_records, **options)
+        # kafka-python 3.0.12 drops allow_auto_create_topics on its way to the metadata requests
+        # (KafkaConnectionManager builds ClusterMetadata without it): set it where it is used.
+        self._consumer._cluster.config["allow_auto_create_topics"] = False
+        self._lock = threading.RLock()
+        self._last_used = time.monotonic()
         self._buffer: deque[Record] = deque()
         self._acks: dict[str, AckedPrefix] = {}
         self._targets: dict[str, tuple[int, dict]] = {}   # checkpoint positions of not-yet-assigned partitions
         self._fetched_next: dict[str, int] = {}   # offset after the last message fetched, per partition
         self._revoked: set[str] = set()           # revoked, new assignment not yet known
+        self._unchecked: dict[str, int | None] = {}   # start offset (None: committed) not yet compared with the log end
+        self._held: dict[str, str] = {}           # partitions not read, with the reason ("fail" policy)
+        self._health: str | None = None           # broker or topic trouble seen by check_health()
         self._consumer.subscribe([topic], listener=_Rebalance(self))
+        idle_s = options.get("max_poll_interval_ms", 300000) / 4000
+        self._keepalive = KeepAliveThread(self, idle_s=idle_s, health_s=HEALTH_CHECK_S, name=self.name)
+        self._keepalive.start()
 
     # -- Source ------------------------------------------------------------------------------
+    @_locked
     def poll(self, max_records: int, timeout_s: float) -> list[Record]:
         self._poll_consumer(int(timeout_s * 1000), fetch=len(self._buffer) < max_records)
+        self._check_new_partitions()
         out, held = [], []
         while self._buffer and len(out) < max_records:
             record = self._buffer.popleft()
@@ -77,12 +126,14 @@ class KafkaSource:
         self._buffer.extendleft(reversed(held))
         return out
 
+    @_locked
     def ack(self, records: list[Record]) -> None:
         for record in records:
             tracker = self._acks.get(record.position.key)
             if tracker is not None:
                 tracker.ack(record.position)
 
+    @_locked
     def position_state(self) -> dict:
         offsets = {key: offset for key, (offset, _) in self._targets.items()}
         partial = {key: dict(p) for key, (_, p) in self._targets.items() if p}
@@ -94,6 +145,7 @@ class KafkaSource:
                     partial[key] = done
         return {"offsets": offsets, "partial": partial}
 
+    @_locked
     def seek(self, state: dict) -> None:
         """Re-reads from the checkpoint's positions: now for assigned partitions, else on assignment."""
         assigned = self._consumer.assignment()
@@ -105,16 +157,18 @@ class KafkaSource:
                 self._targets[key] = target
                 self._acks.pop(key, None)
 
+    @_locked
     def commit(self, state: dict) -> bool:
-        """Commits the state's offsets of the partitions still assigned, retrying across rebalances.
+        """Commits the state's offsets of the partitions still assigned (and read), retrying across rebalances.
 
         Best effort by design: the checkpoint is the truth; a failed commit only means another
         group member (or a restart without the checkpoint) re-reads a few records. Returns success.
+        A held partition is never committed: its offsets belong to a topic that no longer exists.
         """
         for attempt in range(self.commit_retries):
-            assigned = self._consumer.assignment()
+            readable = {tp for tp in self._consumer.assignment() if _key(tp) not in self._held}
             offsets = {_tp(k): OffsetAndMetadata(int(o), "", -1) for k, o in (state or {}).get("offsets", {}).items()
-                       if _tp(k) in assigned}
+                       if _tp(k) in readable}
             if not offsets:     # nothing this member owns (revoked partitions are the new owner's)
                 return True
             try:
@@ -130,6 +184,7 @@ class KafkaSource:
                     self.commit_retries)
         return False
 
+    @_locked
     def lag(self) -> int | None:
         """Records not yet finished on the assigned partitions; None while the broker cannot tell."""
         total = 0
@@ -149,18 +204,49 @@ class KafkaSource:
             return None
         return total
 
-    def close(self) -> None:
-        self._consumer.close(autocommit=False)
+    def problem(self) -> str | None:
+        """What keeps the source from reading (None: healthy): held partitions, else broker/topic trouble."""
+        with self._lock:
+            if self._held:
+                return "; ".join(self._held[k] for k in sorted(self._held))
+            return self._health
 
-    # -- liveness -----------------------------------------------------------------------------
+    def close(self) -> None:
+        self._keepalive.stop()
+        with self._lock:
+            self._consumer.close(autocommit=False)
+
+    # -- liveness (KeepAliveThread) -----------------------------------------------------------
+    def idle_seconds(self) -> float:
+        return time.monotonic() - self._last_used
+
+    @_locked
     def keepalive(self) -> None:
-        """Resets the max_poll_interval timer without fetching (call during slow work)."""
-        self._poll_consumer(0, fetch=False)
+        """Resets the max_poll_interval timer without fetching; a pending rebalance may complete."""
+        self._poll_consumer(100, fetch=False)
+
+    @_locked
+    def check_health(self) -> None:
+        """One broker round trip: is the topic there and its leader reachable? Sets what problem() says.
+
+        The topic's partitions come from the consumer's metadata cache (the consumer refreshes it for
+        its subscription): ``partitions_for_topic()`` would block without a timeout on a dead broker.
+        """
+        try:
+            partitions = self._consumer._cluster.partitions_for_topic(self.topic)
+            if not partitions:
+                self._health = (f"topic {self.topic!r} not found (missing, it is never auto-created; "
+                                "or the broker is unreachable)")
+                return
+            self._consumer.end_offsets([TopicPartition(self.topic, p) for p in partitions], timeout_ms=1000)
+            self._health = None
+        except KafkaError as exc:
+            self._health = f"Kafka broker unreachable: {type(exc).__name__}: {exc}"
 
     # -- internals ----------------------------------------------------------------------------
     def _poll_consumer(self, timeout_ms: int, fetch: bool) -> None:
         """One consumer poll; every record it returns goes to the buffer (none is ever dropped)."""
-        paused = [] if fetch else list(self._consumer.assignment())
+        paused = [] if fetch else [tp for tp in self._consumer.assignment() if _key(tp) not in self._held]
         if paused:
             self._consumer.pause(*paused)
         try:
@@ -171,23 +257,10 @@ class KafkaSource:
         for tp, messages in batches.items():
             tracker = self._acks.setdefault(_key(tp), AckedPrefix())
             for message in messages:
-                for record in self._records(tp, message):
+                for record in records_of(_key(tp), message):
                     if not tracker.skip(record.position):
                         self._buffer.append(record)
                 self._fetched_next[_key(tp)] = message.offset + 1
-
-    def _records(self, tp: TopicPartition, message) -> list[Record]:
-        headers = from_kafka_headers(message.headers)
-        record = Record(payload=message.value or b"", content_type=headers.pop(CONTENT_TYPE_HEADER, ""),
-                        position=Position(_key(tp), message.offset), headers=headers,
-                        timestamp=(message.timestamp or 0) / 1000.0)
-        if not is_arrow(record):
-            return [record]
-        try:
-            return split_arrow(record)
-        except ValueError as exc:   # handed on whole; ingest.expand dead-letters it with the reason
-            log.warning("malformed Arrow message at %s: %s", record.position, exc)
-            return [record]
 
     def _apply(self, key: str, target: tuple[int, dict]) -> None:
         offset, partial = target
@@ -196,6 +269,38 @@ class KafkaSource:
         self._drop_buffered({key})
         self._fetched_next.pop(key, None)
         self._targets.pop(key, None)
+        self._held.pop(key, None)
+        self._unchecked[key] = offset
+
+    def _check_new_partitions(self) -> None:
+        """After a poll, outside rebalance callbacks: start offsets past the log end get the policy."""
+        for key, start in list(self._unchecked.items()):
+            try:
+                case = beyond_log_end(self._consumer, _tp(key), start)
+            except KafkaError as exc:
+                log.warning("cannot compare the start offset of %s with the log end yet (%s)", key, exc)
+                return
+            if case is False:
+                continue
+            del self._unchecked[key]
+            if case is not None:
+                self._on_beyond_log_end(case)
+
+    def _on_beyond_log_end(self, case: BeyondLogEnd) -> None:
+        key = _key(case.partition)
+        self.offsets_invalid_total += 1
+        if self.on_offsets_invalid is not None:
+            self.on_offsets_invalid()
+        self._drop_buffered({key})
+        self._fetched_next.pop(key, None)
+        if self.on_offsets_beyond_log_end == "fail":
+            log.error("%s; policy fail: partition %s is not read or committed", case.describe(), key)
+            self._held[key] = case.describe()
+            self._consumer.pause(case.partition)
+            return
+        log.error("%s; policy reset_to_log_start: reading %s again from the log start", case.describe(), key)
+        self._consumer.seek_to_beginning(case.partition)
+        self._acks[key] = AckedPrefix()
 
     def _drop_buffered(self, keys: set[str]) -> None:
         self._buffer = deque(r for r in self._buffer if r.position.key not in keys)
@@ -207,19 +312,26 @@ class KafkaSource:
     def _on_assigned(self, assigned) -> None:
         """Partitions gone to another member: forget their buffered records and acks (the new owner
         resumes at the group's committed offset; this member never commits for them). Partitions
-        kept: continue right after what was fetched, whatever position the client kept."""
+        kept: continue right after what was fetched, whatever position the client kept. New ones:
+        their start offset is compared with the log end after the first fetch."""
         keys = {_key(tp) for tp in assigned}
         gone = self._revoked - keys
         self._drop_buffered(gone)
         for key in gone:
             self._acks.pop(key, None)
             self._fetched_next.pop(key, None)
+            self._held.pop(key, None)
+            self._unchecked.pop(key, None)
         self._revoked = set()
         for key in keys:
             if key in self._targets:
                 self._apply(key, self._targets[key])
+            elif key in self._held:
+                self._consumer.pause(_tp(key))
             elif key in self._fetched_next:
                 self._consumer.seek(_tp(key), self._fetched_next[key])
+            else:
+                self._unchecked.setdefault(key, None)
 
 
 class _Rebalance(ConsumerRebalanceListener):
@@ -231,63 +343,3 @@ class _Rebalance(ConsumerRebalanceListener):
 
     def on_partitions_assigned(self, assigned):
         self.source._on_assigned(assigned)
-
-
-class KafkaSink:
-    """Produces encoded images (payload + headers) to a topic; used by ``streamd produce`` and tests."""
-
-    def __init__(self, bootstrap_servers: str, topic: str, client_options: dict | None = None):
-        options = {"max_request_size": 16 * 1024 * 1024, "linger_ms": 5, **(client_options or {})}
-        self.topic = topic
-        self._producer = KafkaProducer(bootstrap_servers=bootstrap_servers, **options)
-
-    def send(self, payload: bytes, headers: dict[str, str], key: bytes | None = None, partition: int | None = None,
-             wait: bool = False) -> None:
-        future = self._producer.send(self.topic, value=payload, key=key, partition=partition,
-                                     headers=kafka_headers(headers))
-        if wait:
-            future.get(timeout=30)
-
-    def flush(self) -> None:
-        self._producer.flush()
-
-    def close(self) -> None:
-        self._producer.close()
-
-
-class KafkaDeadLetter:
-    """Dead-letter topic: the original payload and headers plus the reason and source position.
-
-    Each send waits for the broker's ack, because the record is acked (and its offset may be
-    committed) right after: an in-flight dead letter must not be lost in a crash.
-    """
-
-    def __init__(self, bootstrap_servers: str, topic: str, client_options: dict | None = None):
-        self._sink = KafkaSink(bootstrap_servers, topic, client_options)
-
-    def send(self, record: Record, reason: str) -> None:
-        headers = {**record.headers, CONTENT_TYPE_HEADER: record.content_type,
-                   DEAD_LETTER_REASON_HEADER: reason, DEAD_LETTER_POSITION_HEADER: str(record.position)}
-        self._sink.send(record.payload, headers, wait=True)
-
-    def close(self) -> None:
-        self._sink.close()
-
-
-def committed_offsets(bootstrap_servers: str, group_id: str, topic: str, timeout_s: float = 10.0) -> dict[str, int]:
-    """The offsets a group has committed for a topic, as ``{"topic:partition": offset}``."""
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap_servers, group_id=group_id, enable_auto_commit=False)
-    try:
-        deadline = time.monotonic() + timeout_s
-        partitions = consumer.partitions_for_topic(topic)
-        while partitions is None and time.monotonic() < deadline:
-            time.sleep(0.1)
-            partitions = consumer.partitions_for_topic(topic)
-        out = {}
-        for p in sorted(partitions or ()):
-            offset = consumer.committed(TopicPartition(topic, p))
-            if offset is not None:
-                out[f"{topic}:{p}"] = offset
-        return out
-    finally:
-        consumer.close(autocommit=False)

@@ -8,6 +8,7 @@ rename: names starting with '.' or ending in '.tmp'/'.part' are ignored).
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -56,6 +57,12 @@ class ParquetSource:
         for record in records:
             if record.position.key in self._acks:
                 self._acks[record.position.key].ack(record.position)
+
+    def problem(self) -> str | None:
+        """The file (or folder of files) must exist and be readable."""
+        if not os.access(self.path, os.R_OK):
+            return f"{self.path} is missing or not readable"
+        return None
 
     def position_state(self) -> dict:
         return {"files": {name: t.state()[0] for name, t in self._acks.items() if t.state()[0] is not None}}

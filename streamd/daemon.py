@@ -71,7 +71,7 @@ class Daemon:
                              max_pending_rows=cfg.probe.max_pending_rows)
         self.publisher = SnapshotPublisher(cfg.snapshots.dir, keep_last=cfg.snapshots.keep_last,
                                            keep_task_end=cfg.snapshots.keep_task_end, metrics=self.metrics)
-        self.source = source or build_source(cfg)
+        self.source = source or build_source(cfg, self.metrics)
         self.dead_letter = dead_letter or build_dead_letter(cfg)
         self.counters = Counters()
         self.pending = PendingBatch()
@@ -261,8 +261,8 @@ class Daemon:
         self.metrics.checkpoint_last_timestamp.set(time.time())
         if self.audit:
             self.audit.write(f"checkpoint\t{folder.name}\n")
-        self.source.commit(positions)
-        log.info("checkpoint %s (%s) durable; source committed", folder.name, reason)
+        committed = self.source.commit(positions) is not False
+        log.info("checkpoint %s (%s) durable; source %s", folder.name, reason, "committed" if committed else "NOT committed")
         return True
 
     def _snapshot(self, reason: str, probe: dict | None = None) -> None:
@@ -313,7 +313,8 @@ class Daemon:
 
         token = self.cfg.api.token.get_secret_value() if self.cfg.api.token else None
         self.api = ApiServer(self.cfg.api.host, self.cfg.api.port, self.cfg.snapshots.dir, self.metrics,
-                             ready=lambda: self.ready and not self.stopping, token=token)
+                             ready=lambda: self.ready and not self.stopping and self.source.problem() is None,
+                             token=token)
         self.api.start()
         log.info("HTTP API on http://%s:%d (/metrics, /healthz, /readyz, /v1/snapshots)", self.cfg.api.host,
                  self.api.port)
@@ -351,7 +352,7 @@ def build_learner_from(cfg: StreamdConfig) -> Learner:
                          optim=cfg.optim, device=lc.device, amp=lc.amp, compile=lc.compile)
 
 
-def build_source(cfg: StreamdConfig) -> Source:
+def build_source(cfg: StreamdConfig, metrics: Metrics | None = None) -> Source:
     s = cfg.source
     if s.kind == "directory":
         from connectors.directory import DirectorySource
@@ -362,7 +363,8 @@ def build_source(cfg: StreamdConfig) -> Source:
         from connectors.kafka import KafkaSource
         k = s.kafka
         return KafkaSource(k.bootstrap_servers, k.topic, k.group_id, k.max_poll_records,
-                           client_options=k.consumer_options())
+                           client_options=k.consumer_options(), on_offsets_beyond_log_end=k.on_offsets_beyond_log_end,
+                           on_offsets_invalid=metrics.source_offsets_invalid.inc if metrics else None)
     from connectors.parquet import ParquetSource
     p = s.parquet
     return ParquetSource(p.path, p.image_column, p.label_column, p.task_column, p.batch_rows)

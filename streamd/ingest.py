@@ -21,7 +21,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from connectors.base import ARROW_CONTENT_TYPE, RAW_CONTENT_TYPE, SHAPE_HEADER, Record
+from connectors.base import (ARROW_CONTENT_TYPE, PARSE_ERROR_HEADER, RAW_CONTENT_TYPE, SHAPE_HEADER,
+                             UNPARSEABLE_CONTENT_TYPE, Record)
 from connectors.wire import DecodeError, split_arrow
 
 __all__ = ["DEAD_LETTER_REASONS", "DecodeError", "decode", "expand", "parse_label", "parse_task",
@@ -175,7 +176,10 @@ def _to_tensor(image: Image.Image, image_size: int) -> torch.Tensor:
 
 
 def expand(record: Record) -> list[Record]:
-    """One Record per image (at least one): an Arrow IPC message is split (index/count set), others pass as is."""
+    """One Record per image (at least one): an Arrow IPC message is split (index/count set), others pass as is;
+    a message its source could not parse raises DecodeError('unparseable_record')."""
+    if _declared(record) == UNPARSEABLE_CONTENT_TYPE:
+        raise DecodeError("unparseable_record", record.headers.get(PARSE_ERROR_HEADER, ""))
     return split_arrow(record) if _declared(record) == ARROW_CONTENT_TYPE else [record]
 
 

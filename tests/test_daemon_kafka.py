@@ -7,13 +7,15 @@ from collections import Counter
 
 from daemon_fixtures import kafka_source_toml, produce_kafka, start_daemon, write_config
 from kafka import KafkaProducer
+from test_kafka_safety import RawHeaderKey
 
 from connectors.kafka import committed_offsets
 
 TASKS, PER_TASK = 3, 32
 BAD = [(b"\x89PNG\r\n\x1a\n" + b"x" * 50, [("content-type", b"image/png")]),
        (b"", [("content-type", b"image/png")]),
-       (b"\x00" * 12, [("content-type", b"application/x-raw-uint8"), ("streamd-shape", b"99999,99999,3")])]
+       (b"\x00" * 12, [("content-type", b"application/x-raw-uint8"), ("streamd-shape", b"99999,99999,3")]),
+       (b"\x89PNG", [(RawHeaderKey(b"\xff\xfe"), b"x")])]      # kafka-python cannot parse it: a poison record
 
 
 def kafka_config(tmp_path, bootstrap: str, topic: str, group: str, ckpt: str):
@@ -33,6 +35,7 @@ def test_daemon_consumes_kafka_finds_header_boundaries_and_commits_after_checkpo
     summary = start_daemon(kafka_config(tmp_path, kafka_broker, kafka_topic, "g-daemon", "ckpt1"),
                            exit_when_idle=2.0).wait(timeout=150)
     assert summary["records_seen"] == total and summary["records_dead_lettered"] == len(BAD)
+    assert summary["dead_letter_reasons"]["unparseable_record"] == 1
     assert [b["kind"] for b in summary["boundaries"]] == ["header"] * (TASKS - 1)
     assert [b["position"] for b in summary["boundaries"]] == [f"{kafka_topic}:0@{t * PER_TASK}" for t in (1, 2)]
     assert summary["checkpoints"] >= TASKS

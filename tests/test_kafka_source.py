@@ -1,5 +1,5 @@
 """KafkaSource against a real Kafka-protocol broker (tansu): consume, ack, commit, restart, seek,
-Arrow multi-image messages, rebalances, liveness during slow steps, large messages, dead letters."""
+Arrow multi-image messages, rebalances, large messages, dead letters (liveness: test_kafka_safety.py)."""
 from __future__ import annotations
 
 import json
@@ -121,9 +121,9 @@ def test_rebalance_hands_partitions_over_without_losing_records(kafka_broker):
     for p in (0, 1):
         produce_images(kafka_broker, topic, range(20), partition=p)
     # The broker waits up to the rebalance timeout (= max_poll_interval_ms, 300 s by default) for
-    # every member to rejoin; CI once saw a rebalance that never finished within 40 s. A 20 s bound
-    # makes a stalled round end (the straggler is dropped and rejoins) inside the deadline, and
-    # stays above the 15 s that one member below goes without polling.
+    # every member to rejoin; 20 s keeps a stalled round inside the deadline. (Rounds that never
+    # settled were kafka-python restarting a join that finished between two polls: see
+    # connectors/kafka_group.py and test_kafka_safety.py.)
     options = {**FAST_CLIENT, "max_poll_interval_ms": 20000}
     first = KafkaSource(kafka_broker, topic, "g-rebalance", max_poll_records=4, client_options=options)
     finished = consume(first, 6)
@@ -160,29 +160,6 @@ def test_rebalance_hands_partitions_over_without_losing_records(kafka_broker):
     assert committed_offsets(kafka_broker, "g-rebalance", topic) == {f"{topic}:0": 20, f"{topic}:1": 20}
     first.close()
     second.close()
-
-
-def test_keepalive_keeps_the_membership_through_a_step_longer_than_max_poll_interval(kafka_broker, kafka_topic):
-    produce_images(kafka_broker, kafka_topic, range(10))
-    options = {**FAST_CLIENT, "max_poll_interval_ms": 2000}
-
-    def slow_step(source: KafkaSource, keepalive: bool) -> tuple:
-        before = source._consumer.group_metadata()
-        for _ in range(16):                       # 4 s of "training", 2x max_poll_interval
-            time.sleep(0.25)
-            if keepalive:
-                source.keepalive()
-        after = source._consumer.group_metadata()
-        return (before.member_id, before.generation_id), (after.member_id, after.generation_id)
-
-    source = KafkaSource(kafka_broker, kafka_topic, "g-alive", max_poll_records=2, client_options=options)
-    got = consume(source, 3, batch=3)
-    before, after = slow_step(source, keepalive=True)
-    assert before == after and before[0]
-    assert offsets(got + consume(source, 7)) == list(range(10))        # keepalive fetched nothing away
-    before, after = slow_step(source, keepalive=False)                  # the control: the member is dropped
-    assert before != after
-    source.close()
 
 
 def test_large_messages_with_configured_fetch_sizes(kafka_broker, kafka_topic):
