@@ -47,12 +47,16 @@ def in_progress(name: str) -> bool:
 def atomic_write(path: Path, data: bytes, fsync: bool = False) -> None:
     """Writes a hidden temp file next to ``path`` and renames it: readers never see half a file."""
     tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        if fsync:
-            f.flush()
-            os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            if fsync:
+                f.flush()
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)     # a full disk must not keep half files that eat the space left
+        raise
 
 
 class DirectorySource:

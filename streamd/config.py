@@ -13,7 +13,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
 
 from streamd.errors import UsageError
@@ -80,6 +80,8 @@ class DeadLetterConfig(_Section):
     kind: Literal["folder", "kafka", "none"] = "folder"
     path: Path = Path("./var/dead-letter")
     topic: str = "streamd-dead-letter"   # kafka: same brokers and security as the source
+    max_backlog: int = Field(256, ge=1, description="dead letters the sink failed to take, held for a retry; "
+                                                    "at this many the daemon stops reading new records")
 
 
 class ModelConfig(_Section):
@@ -127,7 +129,18 @@ class LearnerConfig(_Section):
     amp: Literal["auto", "bf16", "off"] = "auto"
     compile: bool = False
     batch_size: int = Field(64, ge=2)
-    max_wait_seconds: float = Field(2.0, gt=0, description="a partial batch is trained after this wait")
+    max_wait_seconds: float = Field(2.0, gt=0, description="a partial batch of min_batch_size or more trains "
+                                                          "after this wait")
+    min_batch_size: int = Field(2, ge=1, description="a partial batch smaller than this waits for more images...")
+    max_hold_seconds: float = Field(30.0, gt=0, description="...but trains, however small, after this wait")
+
+    @model_validator(mode="after")
+    def _waits_in_order(self) -> "LearnerConfig":
+        if self.min_batch_size > self.batch_size:
+            raise ValueError(f"min_batch_size {self.min_batch_size} > batch_size {self.batch_size}")
+        if self.max_hold_seconds < self.max_wait_seconds:
+            raise ValueError(f"max_hold_seconds {self.max_hold_seconds} < max_wait_seconds {self.max_wait_seconds}")
+        return self
 
 
 class BoundaryConfig(_Section):

@@ -20,6 +20,7 @@ from connectors.base import DeadLetterSink, Record, Source
 from streamd.boundary import Boundary, build_boundary_detector
 from streamd.checkpoint import load_checkpoint, save_checkpoint
 from streamd.config import StreamdConfig
+from streamd.dead_letter_retry import UndeliveredDeadLetters
 from streamd.ingest import DecodeError, decode, expand, parse_label, parse_task
 from streamd.learner import Learner, StepResult, build_learner
 from streamd.metrics import Metrics
@@ -75,6 +76,7 @@ class Daemon:
         self.dead_letter = dead_letter or build_dead_letter(cfg)
         self.counters = Counters()
         self.pending = PendingBatch()
+        self.undelivered = UndeliveredDeadLetters()
         self.audit = open(cfg.audit_log, "a", buffering=1) if cfg.audit_log else None
         self.api = None
         self.ready = self.stopping = False
@@ -97,20 +99,29 @@ class Daemon:
         log.info("daemon ready: source %s, task %d, step %d", self.source.name, self.learner.task,
                  self.learner.step_count)
         while not self.stopping:
-            records = self.source.poll(self.cfg.learner.batch_size, POLL_TIMEOUT_S)
+            self._retry_dead_letters()
+            records = self._poll()
             self.idle_since = None if records else (self.idle_since or time.monotonic())
             self._ingest(records)
-            if self._batch_due():
-                self._train(self._take_batch())
-            self._periodic()
             got_records = got_records or bool(records)
             idle = time.monotonic() - self.idle_since if self.idle_since else 0.0
             warmed_up = got_records or time.monotonic() - started >= max(exit_when_idle or 0, STARTUP_GRACE_S)
-            if exit_when_idle is not None and not self.pending.acks and idle >= exit_when_idle and warmed_up:
+            drained = exit_when_idle is not None and idle >= exit_when_idle and warmed_up
+            if self._batch_due() or (drained and self.pending.images):   # drained: no more images will come
+                self._train(self._take_batch())
+            self._periodic()
+            if drained and not self.pending.acks:
                 log.info("sources drained for %.1f s: stopping", idle)
                 break
         self._shutdown()
         return self.summary(time.monotonic() - started)
+
+    def _poll(self) -> list[Record]:
+        """The next records, unless too many dead letters wait for a broken sink (then nothing new is read)."""
+        if len(self.undelivered) >= self.cfg.dead_letter.max_backlog:
+            time.sleep(POLL_TIMEOUT_S)
+            return []
+        return self.source.poll(self.cfg.learner.batch_size, POLL_TIMEOUT_S)
 
     def _request_stop(self, signum, frame) -> None:
         log.info("%s received: finishing the current step, then checkpoint and exit", signal.Signals(signum).name)
@@ -152,19 +163,41 @@ class Daemon:
         p.acks.append((record, "trained"))
 
     def _dead_letter(self, record: Record, reason: str) -> None:
+        """Acked once its dead letter is written; until then it waits, un-acked, for a retry."""
         log.warning("dead-lettering %s: %s", record.position, reason)
+        if self._send_dead_letter(record, reason):
+            self.pending.acks.append((record, f"dead:{reason}"))
+        else:
+            self.undelivered.add(record, reason)
+
+    def _send_dead_letter(self, record: Record, reason: str) -> bool:
         try:
             self.dead_letter.send(record, reason)
-        except Exception:  # a broken sink must not stop training; the record is still counted
-            log.exception("dead-letter sink failed for %s", record.position)
+        except Exception as exc:  # noqa: BLE001 -- any sink failure: keep training, keep the record un-acked
+            self.metrics.dead_letter_failures.inc()
+            log.error("dead-letter sink failed for %s (%s: %s); the record stays un-acked and is retried",
+                      record.position, type(exc).__name__, exc)
+            return False
         self.metrics.records_dead_lettered.labels(reason).inc()
-        self.pending.acks.append((record, f"dead:{reason}"))
+        return True
+
+    def _retry_dead_letters(self) -> None:
+        for record, reason in self.undelivered.due():
+            if not self._send_dead_letter(record, reason):
+                self.undelivered.failed_again()
+                break
+            self.undelivered.delivered(record)
+            self._ack([(record, f"dead:{reason}")])
+        self.metrics.dead_letter_backlog.set(len(self.undelivered))
 
     def _batch_due(self) -> bool:
-        p = self.pending
-        full = len(p.images) >= self.cfg.learner.batch_size
-        waited = p.images and time.monotonic() - p.started >= self.cfg.learner.max_wait_seconds
-        return bool(full or waited)
+        """Full; or waited max_wait with min_batch_size images; or held max_hold, however small."""
+        p, lc = self.pending, self.cfg.learner
+        if not p.images:
+            return False
+        waited = time.monotonic() - p.started
+        return (len(p.images) >= lc.batch_size or waited >= lc.max_hold_seconds
+                or (waited >= lc.max_wait_seconds and len(p.images) >= lc.min_batch_size))
 
     def _take_batch(self) -> PendingBatch:
         batch, self.pending = self.pending, PendingBatch()
@@ -183,10 +216,10 @@ class Daemon:
             self.metrics.current_task.set(self.learner.task)
         if boundary is not None:
             self._checkpoint("task_end")
-        train_images, train_labels = self.prober.hold_out(images, labels, self.learner.task)
-        if len(train_images) >= 2:
+        train_images, train_labels, kept = self.prober.hold_out(images, labels, self.learner.task)
+        if len(train_images):
             self._step(train_images, train_labels)
-        self._ack(batch.acks)
+        self._ack(with_held_out(batch.acks, kept))
         self.prober.maybe_measure(self.learner, self.learner.step_count)
 
     def _step(self, images: torch.Tensor, labels: torch.Tensor) -> StepResult:
@@ -218,7 +251,7 @@ class Daemon:
         c = self.counters
         for _, status in acks:
             c.records_seen += 1
-            if status == "trained":
+            if status in ("trained", "held_out"):
                 c.records_decoded += 1
             else:
                 reason = status.removeprefix("dead:")
@@ -325,6 +358,9 @@ class Daemon:
             self._snapshot("shutdown")
         if self.dirty:
             self._checkpoint("shutdown")
+        if self.undelivered:
+            log.warning("%d dead letters could not be written; their records stay un-acked and are read again "
+                        "after a restart", len(self.undelivered))
         self.source.close()
         self.dead_letter.close()
         if self.api:
@@ -342,6 +378,12 @@ class Daemon:
                 "checkpoints": c.checkpoints, "checkpoint_failures": c.checkpoint_failures,
                 "snapshots": c.snapshots, "latest_snapshot": self.publisher.latest_version(),
                 "resumed_from": self.resumed_from, "elapsed_seconds": round(elapsed_s, 1)}
+
+
+def with_held_out(acks: list[tuple[Record, str]], kept: torch.Tensor) -> list[tuple[Record, str]]:
+    """The batch's acks with the images the prober held out marked ``held_out`` instead of ``trained``."""
+    kept_rows = iter(kept.tolist())
+    return [(r, status if status != "trained" or next(kept_rows) else "held_out") for r, status in acks]
 
 
 # Builders -------------------------------------------------------------------------------------

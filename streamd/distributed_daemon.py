@@ -26,7 +26,7 @@ import torch
 
 from streamd.checkpoint import load_checkpoint
 from streamd.config import ConfigError, StreamdConfig
-from streamd.daemon import STARTUP_GRACE_S, Daemon, PendingBatch, build_source
+from streamd.daemon import STARTUP_GRACE_S, Daemon, PendingBatch, build_source, with_held_out
 from streamd.distributed import Agreement, Cluster, merge_positions, weights_digest
 from streamd.learner import resolve_device
 
@@ -97,7 +97,14 @@ class RankDaemon(Daemon):
 
     def _drained(self) -> bool:
         """This rank's half of ``--exit-when-idle`` (the base loop's rule, decided by all ranks)."""
-        if self.exit_when_idle is None or self.pending.acks:
+        return not self.pending.acks and self._idle_long_enough()
+
+    def _batch_due(self) -> bool:
+        """As the base loop: once the source is drained, a partial batch trains at once."""
+        return super()._batch_due() or (bool(self.pending.images) and self._idle_long_enough())
+
+    def _idle_long_enough(self) -> bool:
+        if self.exit_when_idle is None:
             return False
         now = time.monotonic()
         idle_for = now - self.idle_since if self.idle_since else 0.0
@@ -115,14 +122,14 @@ class RankDaemon(Daemon):
                 self.checkpoint_wanted = "task_end"
 
         def step() -> None:
-            train_images, train_labels = images, labels
+            train_images, train_labels, kept = images, labels, torch.ones(len(images), dtype=torch.bool)
             if self.cluster.is_main:
-                train_images, train_labels = self.prober.hold_out(images, labels, self.learner.task)
-            if len(train_images) >= 2:
+                train_images, train_labels, kept = self.prober.hold_out(images, labels, self.learner.task)
+            if len(train_images):
                 self._step(train_images, train_labels)
             else:
                 self.cluster.idle_step(self.learner)
-            self._ack(batch.acks)
+            self._ack(with_held_out(batch.acks, kept))
 
         self._round(len(images), step, boundary)
         if self.cluster.is_main:

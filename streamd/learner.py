@@ -134,6 +134,10 @@ class Learner:
              tasks: torch.Tensor | None = None) -> StepResult:
         if self.task < 0:
             self.begin_task(0)
+        if images.shape[0] == 1:    # batch norm needs two samples: one image trains as two augmented copies
+            images = images.repeat(2, 1, 1, 1)
+            labels = None if labels is None else labels.repeat(2)
+            tasks = None if tasks is None else tasks.repeat(2)
         self._task_ended = False
         self.objective.train()
         batch = self.make_batch(images, labels, tasks)

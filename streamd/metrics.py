@@ -43,6 +43,10 @@ class Metrics:
         self.records_decoded = counter("records_decoded", "Records decoded into images.")
         self.records_dead_lettered = counter("records_dead_lettered", "Records sent to the dead-letter sink.",
                                              ["reason"])
+        self.dead_letter_failures = counter("dead_letter_failures",
+                                            "Dead-letter sink writes that failed (the record stays un-acked).")
+        self.dead_letter_backlog = gauge("dead_letter_backlog_records",
+                                         "Dead letters waiting for the sink to recover (not acked).")
         self.last_record_timestamp = gauge("last_record_timestamp_seconds",
                                            "Unix time the last record was consumed (ingest-stalled alert).")
         self.consumer_lag = gauge("consumer_lag_records", "Records behind the source head, summed over partitions.")

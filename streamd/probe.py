@@ -55,23 +55,23 @@ class Prober:
     # Held-out sample --------------------------------------------------------------------------------
     def hold_out(self, images_uint8: torch.Tensor, labels: torch.Tensor | None, task: int):
         """Keeps each row with probability 1/``hold_out_every`` until the task's probe set is full;
-        returns the other rows (what the learner trains on)."""
+        returns the other rows (what the learner trains on) and the mask of those rows."""
         n = images_uint8.shape[0]
         labels = torch.full((n,), -1, dtype=torch.long) if labels is None else labels.long()
         probe = self.sets.get(task)
         if probe is None:
             probe = self._new_set(task, images_uint8)
         room = self.per_task - probe["images"].shape[0]
+        keep = torch.ones(n, dtype=torch.bool)
         if room <= 0:
-            return images_uint8, labels
+            return images_uint8, labels, keep
         held = (torch.rand(n, generator=self.rng) * self.hold_out_every < 1).nonzero().flatten()[:room]
         if len(held) == 0:
-            return images_uint8, labels
+            return images_uint8, labels, keep
         probe["images"] = torch.cat([probe["images"], images_uint8[held].cpu()])
         probe["labels"] = torch.cat([probe["labels"], labels[held].cpu()])
-        keep = torch.ones(n, dtype=torch.bool)
         keep[held] = False
-        return images_uint8[keep], labels[keep]
+        return images_uint8[keep], labels[keep], keep
 
     def _new_set(self, task: int, like: torch.Tensor) -> dict:
         if len(self.sets) >= self.max_tasks:

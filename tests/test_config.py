@@ -45,6 +45,8 @@ def test_environment_overrides_the_toml_file_which_overrides_defaults(tmp_path, 
     ("[learner]\nbatch_sise = 3\n", {}, ["learner.batch_sise", "Extra inputs are not permitted"]),
     ("[api]\nport = 70000\n", {}, ["api.port", "65535"]),
     ("[model\n", {}, ["not valid TOML"]),
+    ("[learner]\nbatch_size = 8\nmin_batch_size = 9\n", {}, ["learner", "min_batch_size 9 > batch_size 8"]),
+    ("[learner]\nmax_wait_seconds = 5\nmax_hold_seconds = 1\n", {}, ["max_hold_seconds 1.0 < max_wait_seconds 5.0"]),
 ])
 def test_invalid_settings_fail_with_the_field_and_the_allowed_values(tmp_path, monkeypatch, text, env, expected):
     for k, v in env.items():

@@ -113,7 +113,7 @@ def audit(tmp_path: Path, rank: int, run: int) -> list[list[str]]:
 
 
 def trained(lines: list[list[str]]) -> list[str]:
-    return [ln[1] for ln in lines if ln[0] == "trained"]
+    return [ln[1] for ln in lines if ln[0] in ("trained", "held_out")]   # consumed by this rank
 
 
 def weights(lines: list[list[str]], kind: str = "weights") -> dict[int, str]:

@@ -92,3 +92,13 @@ def test_each_optimizer_trains(name):
     before = [p.detach().clone() for p in learner.encoder.parameters()]
     learner.step(images())
     assert any(not torch.equal(a, b) for a, b in zip(before, learner.encoder.parameters()))
+
+
+@pytest.mark.parametrize("objective", ["simsiam", "simclr", "barlow"])
+def test_a_single_image_trains_a_real_step(objective):
+    """A slow stream can hand the learner one image: it must move the weights, not be skipped or fail."""
+    learner = tiny_learner("replay", objective, seed=0)
+    before = [p.detach().clone() for p in learner.encoder.parameters()]
+    result = learner.step(images(n=1, seed=5), torch.tensor([3]))
+    assert not result.skipped and math.isfinite(result.loss) and learner.step_count == 1
+    assert any(not torch.equal(b, p) for b, p in zip(before, learner.encoder.parameters()))

@@ -37,16 +37,17 @@ def test_hold_out_keeps_a_small_bounded_random_share_per_task():
     labels = torch.arange(200) % 2
     trained = []
     for start in range(0, 100, 20):  # 100 rows: about 25 held out
-        rest, rest_labels = prober.hold_out(ids[start:start + 20], labels[start:start + 20], task=0)
+        rest, rest_labels, kept = prober.hold_out(ids[start:start + 20], labels[start:start + 20], task=0)
         trained += rest[:, 0, 0, 0].tolist()
+        assert torch.equal(rest, ids[start:start + 20][kept])   # the mask says which rows were kept
         assert torch.equal(rest_labels, rest[:, 0, 0, 0].long() % 2)
     held = prober.sets[0]["images"][:, 0, 0, 0].tolist()
     assert 12 <= len(held) <= 38 and sorted(held + trained) == list(range(100))  # every row goes one way
     assert set(prober.sets[0]["labels"].tolist()) == {0, 1}
-    rest, _ = prober.hold_out(ids[100:], labels[100:], task=0)
+    rest, _, _ = prober.hold_out(ids[100:], labels[100:], task=0)
     assert len(prober.sets[0]["images"]) == 40 and len(rest) == 100 - (40 - len(held))  # full, then bounded
     assert len(prober.hold_out(ids[:50], labels[:50], task=0)[0]) == 50  # nothing more is held out
-    rest, rest_labels = prober.hold_out(ids[:20], None, task=1)
+    rest, rest_labels, _ = prober.hold_out(ids[:20], None, task=1)
     assert len(rest) + len(prober.sets[1]["images"]) == 20 and (rest_labels == -1).all()
 
 
