@@ -13,6 +13,7 @@ import prometheus_client
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
 import streamd
+from streamd.ingest import DEAD_LETTER_REASONS
 
 # The text format would add a ``*_created`` gauge per counter and histogram: noise for dashboards and
 # alerts (Prometheus detects counter resets itself).
@@ -43,6 +44,8 @@ class Metrics:
         self.records_decoded = counter("records_decoded", "Records decoded into images.")
         self.records_dead_lettered = counter("records_dead_lettered", "Records sent to the dead-letter sink.",
                                              ["reason"])
+        for reason in DEAD_LETTER_REASONS:  # every series exists from the first scrape: no increment is missed
+            self.records_dead_lettered.labels(reason)
         self.dead_letter_failures = counter("dead_letter_failures",
                                             "Dead-letter sink writes that failed (the record stays un-acked).")
         self.dead_letter_backlog = gauge("dead_letter_backlog_records",

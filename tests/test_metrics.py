@@ -6,6 +6,7 @@ from prometheus_client import generate_latest
 
 from publishing_fixtures import images, tiny_learner
 from streamd.api import ApiServer
+from streamd.ingest import DEAD_LETTER_REASONS
 from streamd.metrics import Metrics
 
 
@@ -35,6 +36,13 @@ def test_names_follow_prometheus_conventions():
             assert name.endswith("_seconds"), name
     assert {"streamd_probe_accuracy_ratio", "streamd_backward_flops_saved_ratio"} <= set(types)
     assert 'streamd_build_info{' in text and 'torch="' in text
+
+
+def test_every_dead_letter_reason_series_exists_before_its_first_increment():
+    """A series created on first use misses that increment in rate()/increase(); all reasons start at 0."""
+    text = generate_latest(Metrics().registry).decode()
+    series = dict(re.findall(r'^streamd_records_dead_lettered_total\{reason="(\w+)"\} (\S+)$', text, re.M))
+    assert set(series) == set(DEAD_LETTER_REASONS) and set(series.values()) == {"0.0"}
 
 
 def test_each_instance_has_its_own_registry():
