@@ -3,7 +3,8 @@
 Offsets are never auto-committed: the daemon commits only what a durable checkpoint covers.
 Positions are ``Position("topic:partition", offset, index, count)``; ``position_state()`` is
 ``{"offsets": {"topic:partition": first unfinished offset}, "partial": {"topic:partition":
-{offset: [done image indices]}}}`` (the second only for partly finished Arrow messages).
+{offset: [done image indices]}}, "topic_id": uuid}`` ("partial" only for partly finished Arrow
+messages; "topic_id", the topic the offsets belong to, once known).
 
 Liveness: kafka-python leaves the group when ``poll()`` is not called within
 ``max_poll_interval_ms``. Every ``KafkaSource.poll()`` polls the consumer, but fetches only while
@@ -16,7 +17,8 @@ One lock serializes every use of the consumer (it is not thread-safe) and of the
 Group joins: a join that finished between two polls is used, not restarted (connectors/kafka_group.py).
 Safety: the input topic is never auto-created; records kafka-python cannot parse become
 ``unparseable_record`` dead letters (connectors/kafka_parsing.py); start offsets past the log end
-are caught (connectors/kafka_offsets.py). ``problem()`` reports what keeps the source from reading.
+or of a deleted and recreated topic (another topic id) are caught (connectors/kafka_offsets.py).
+``problem()`` reports what keeps the source from reading.
 """
 from __future__ import annotations
 
@@ -36,7 +38,8 @@ from connectors.acks import AckedPrefix
 from connectors.base import Record
 from connectors.kafka_group import install_join_fix
 from connectors.kafka_keepalive import KeepAliveThread
-from connectors.kafka_offsets import OFFSET_POLICIES, BeyondLogEnd, beyond_log_end
+from connectors.kafka_offsets import (OFFSET_POLICIES, BeyondLogEnd, TopicRecreated, beyond_log_end, topic_id,
+                                      topic_recreated)
 from connectors.kafka_parsing import install_parse_guards, records_of
 from connectors.kafka_sink import (DEAD_LETTER_POSITION_HEADER, DEAD_LETTER_REASON_HEADER,  # noqa: F401 -- re-exported
                                    KafkaDeadLetter, KafkaSink, committed_offsets)
@@ -105,6 +108,7 @@ class KafkaSource:
         self._unchecked: dict[str, int | None] = {}   # start offset (None: committed) not yet compared with the log end
         self._held: dict[str, str] = {}           # partitions not read, with the reason ("fail" policy)
         self._health: str | None = None           # broker or topic trouble seen by check_health()
+        self._topic_id: str | None = None         # id of the topic the positions' offsets belong to
         self._consumer.subscribe([topic], listener=_Rebalance(self))
         idle_s = options.get("max_poll_interval_ms", 300000) / 4000
         self._keepalive = KeepAliveThread(self, idle_s=idle_s, health_s=HEALTH_CHECK_S, name=self.name)
@@ -143,12 +147,13 @@ class KafkaSource:
                 offsets[key] = first
                 if done:
                     partial[key] = done
-        return {"offsets": offsets, "partial": partial}
+        return {"offsets": offsets, "partial": partial, **({"topic_id": self._topic_id} if self._topic_id else {})}
 
     @_locked
     def seek(self, state: dict) -> None:
         """Re-reads from the checkpoint's positions: now for assigned partitions, else on assignment."""
         assigned = self._consumer.assignment()
+        self._topic_id = (state or {}).get("topic_id")
         for key, offset in (state or {}).get("offsets", {}).items():
             target = (int(offset), (state.get("partial") or {}).get(key, {}))
             if _tp(key) in assigned:
@@ -273,7 +278,9 @@ class KafkaSource:
         self._unchecked[key] = offset
 
     def _check_new_partitions(self) -> None:
-        """After a poll, outside rebalance callbacks: start offsets past the log end get the policy."""
+        """After a poll, outside rebalance callbacks: start offsets of another topic id or past the log
+        end get the policy."""
+        self._check_topic_id()
         for key, start in list(self._unchecked.items()):
             try:
                 case = beyond_log_end(self._consumer, _tp(key), start)
@@ -284,9 +291,24 @@ class KafkaSource:
                 continue
             del self._unchecked[key]
             if case is not None:
-                self._on_beyond_log_end(case)
+                self._on_invalid_offsets(case)
 
-    def _on_beyond_log_end(self, case: BeyondLogEnd) -> None:
+    def _check_topic_id(self) -> None:
+        """Checkpoint offsets saved under another topic id belong to a deleted topic. The state takes
+        the current id only once none of the old topic's offsets is left in it (held, not yet assigned)."""
+        current = topic_id(self._consumer, self.topic)
+        if current is None or current == self._topic_id:
+            return
+        cases = topic_recreated({_tp(k): start for k, start in self._unchecked.items()}, self._topic_id, current)
+        for case in cases:
+            del self._unchecked[_key(case.partition)]
+            self._on_invalid_offsets(case)
+        if cases and self.on_offsets_beyond_log_end == "reset_to_log_start":
+            self._targets.clear()   # old topic's offsets; whoever is assigned them starts from the group's commit
+        if not self._targets and not self._held:
+            self._topic_id = current
+
+    def _on_invalid_offsets(self, case: BeyondLogEnd | TopicRecreated) -> None:
         key = _key(case.partition)
         self.offsets_invalid_total += 1
         if self.on_offsets_invalid is not None:

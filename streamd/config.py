@@ -40,7 +40,9 @@ class KafkaSourceConfig(_Section):
     max_poll_records: int = Field(256, ge=1)
     on_offsets_beyond_log_end: Literal["fail", "reset_to_log_start"] = Field(
         "fail", description="checkpoint/committed offsets past a partition's log end (topic replaced or "
-        "truncated): fail = hold the partition and report not ready; reset_to_log_start = read it from the start")
+        "truncated), or checkpoint offsets saved under another topic id (topic deleted and recreated, even "
+        "with more records now): fail = hold the partition and report not ready; reset_to_log_start = read it "
+        "from the start")
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
     sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
     sasl_username: str | None = None

@@ -54,7 +54,8 @@ class Metrics:
                                            "Unix time the last record was consumed (ingest-stalled alert).")
         self.consumer_lag = gauge("consumer_lag_records", "Records behind the source head, summed over partitions.")
         self.source_offsets_invalid = counter(
-            "source_offsets_invalid", "Source partitions whose checkpoint/committed offset lay past the log end.")
+            "source_offsets_invalid", "Source partitions whose checkpoint/committed offset lay past the log end "
+            "or belonged to a deleted and recreated topic (another topic id).")
         self.images_per_second = gauge("images_per_second", "Training throughput over the last interval.")
         # Training
         self.training_steps = counter("training_steps", "Optimizer steps taken.")

@@ -1,18 +1,21 @@
 """KafkaSource against a real broker (tansu) when the stream misbehaves: records kafka-python cannot
-parse, checkpoint offsets past the log end, a missing topic, a dead broker, a step far longer than
-max_poll_interval_ms."""
+parse, checkpoint offsets past the log end or of a deleted and recreated topic, a missing topic, a
+dead broker, a step far longer than max_poll_interval_ms."""
 from __future__ import annotations
 
+import json
 import time
+import uuid
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 from conftest import FAST_CLIENT, create_topic, tansu_broker
 from kafka import KafkaProducer, TopicPartition
-from kafka.admin import KafkaAdminClient
+from kafka.admin import KafkaAdminClient, NewTopic
 from kafka.consumer.fetcher import Fetcher
 from kafka.record.memory_records import MemoryRecords
-from test_kafka_source import consume, offsets, produce_images
+from test_kafka_source import consume, offsets, produce_images, topic_id
 
 from connectors.base import PARSE_ERROR_HEADER, UNPARSEABLE_CONTENT_TYPE
 from connectors.kafka import KafkaSource, committed_offsets
@@ -150,6 +153,100 @@ def test_reset_to_log_start_reads_the_replaced_topic_from_its_first_offset(kafka
     assert source.offsets_invalid_total == 1 and source.problem() is None
     assert source.position_state()["offsets"] == {f"{kafka_topic}:0": 5}
     source.close()
+
+
+def recreate(bootstrap: str, topic: str) -> None:
+    """Deletes the topic and creates an empty one of the same name (a new topic id)."""
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10000)
+    try:
+        admin.delete_topics([topic])
+        admin.create_topics([NewTopic(topic, num_partitions=1, replication_factor=1)])
+    finally:
+        admin.close()
+
+
+def checkpoint_then_recreate(bootstrap: str, topic: str, group: str) -> tuple[dict, str]:
+    """A checkpoint after 5 records, then the topic deleted, recreated and given 8 new records (more
+    than the checkpoint's offset: the log end alone cannot tell). Returns (checkpoint, old topic id)."""
+    produce_images(bootstrap, topic, range(5))
+    first = KafkaSource(bootstrap, topic, group, client_options=FAST_CLIENT)
+    assert offsets(consume(first, 5)) == [0, 1, 2, 3, 4]
+    checkpoint = json.loads(json.dumps(first.position_state()))
+    old_id = topic_id(first)
+    first.close()
+    recreate(bootstrap, topic)
+    produce_images(bootstrap, topic, range(100, 108))
+    return checkpoint, old_id
+
+
+def test_a_checkpoint_of_a_deleted_and_recreated_topic_holds_the_partition_by_default(kafka_broker, kafka_topic):
+    checkpoint, old_id = checkpoint_then_recreate(kafka_broker, kafka_topic, "g-recreated")
+    counted = []
+    source = KafkaSource(kafka_broker, kafka_topic, "g-recreated", client_options=FAST_CLIENT,
+                         on_offsets_invalid=lambda: counted.append(1))
+    source.seek(checkpoint)
+    assert consume(source, 1, timeout_s=8) == []            # not the new topic's offsets 5..7
+    new_id = topic_id(source)
+    assert new_id != old_id
+    assert f"topic id changed from {old_id} to {new_id}" in source.problem()
+    assert "deleted and recreated" in source.problem()
+    assert source.offsets_invalid_total == 1 and counted == [1]
+    assert source.commit(source.position_state()) is True
+    assert committed_offsets(kafka_broker, "g-recreated", kafka_topic) == {}
+    # The checkpoint keeps the old offsets with the old id, so the next restart holds the partition again.
+    assert source.position_state() == {"offsets": {f"{kafka_topic}:0": 5}, "partial": {}, "topic_id": old_id}
+    assert checkpoint["topic_id"] == old_id
+    source.close()
+
+
+def test_reset_to_log_start_reads_a_recreated_topic_from_its_first_offset(kafka_broker, kafka_topic):
+    checkpoint, old_id = checkpoint_then_recreate(kafka_broker, kafka_topic, "g-recreated-reset")
+    source = KafkaSource(kafka_broker, kafka_topic, "g-recreated-reset", client_options=FAST_CLIENT,
+                         on_offsets_beyond_log_end="reset_to_log_start")
+    source.seek(checkpoint)
+    records = consume(source, 8)
+    assert offsets(records) == list(range(8)) and int(decode(records[0], 4)[0, 0, 0]) == 100
+    assert source.offsets_invalid_total == 1 and source.problem() is None
+    new_id = topic_id(source)
+    assert source.position_state() == {"offsets": {f"{kafka_topic}:0": 8}, "partial": {}, "topic_id": new_id}
+    assert new_id != old_id
+    source.close()
+
+
+@pytest.mark.parametrize("saved_id", ["none", "same"])
+def test_a_checkpoint_without_a_topic_id_or_with_the_same_one_seeks_normally(kafka_broker, kafka_topic, saved_id):
+    """Checkpoints written before topic ids were recorded have no id: no check, and the next
+    state carries the id. A restart on the same topic is never mistaken for a recreated one."""
+    produce_images(kafka_broker, kafka_topic, range(10))
+    first = KafkaSource(kafka_broker, kafka_topic, f"g-id-{saved_id}", client_options=FAST_CLIENT)
+    assert offsets(consume(first, 4)) == [0, 1, 2, 3]
+    checkpoint = json.loads(json.dumps(first.position_state()))
+    first.close()
+    if saved_id == "none":
+        checkpoint.pop("topic_id", None)
+    source = KafkaSource(kafka_broker, kafka_topic, f"g-id-{saved_id}", client_options=FAST_CLIENT)
+    source.seek(checkpoint)
+    assert offsets(consume(source, 6)) == [4, 5, 6, 7, 8, 9]
+    assert source.offsets_invalid_total == 0 and source.problem() is None
+    assert source.position_state() == {"offsets": {f"{kafka_topic}:0": 10}, "partial": {},
+                                       "topic_id": topic_id(source)}
+    assert saved_id == "none" or checkpoint["topic_id"] == topic_id(source)
+    source.close()
+
+
+def test_only_checkpoint_offsets_with_two_known_topic_ids_are_compared():
+    """Group-committed starts (None) carry no id; an unknown id (old checkpoint, a broker that sends
+    none or the all-zero id) means no check rather than a false alarm."""
+    from connectors.kafka_offsets import topic_id as metadata_topic_id, topic_recreated
+
+    starts = {TopicPartition("t", 0): 5, TopicPartition("t", 1): None}
+    assert [(c.partition.partition, c.offset) for c in topic_recreated(starts, "old", "new")] == [(0, 5)]
+    assert topic_recreated(starts, None, "new") == topic_recreated(starts, "old", None) == []
+    assert topic_recreated(starts, "same", "same") == []
+    ids = {"zero": uuid.UUID(int=0), "real": uuid.UUID(int=7)}
+    consumer = SimpleNamespace(_cluster=SimpleNamespace(topic_id=ids.get))
+    assert (metadata_topic_id(consumer, "zero"), metadata_topic_id(consumer, "missing")) == (None, None)
+    assert metadata_topic_id(consumer, "real") == str(uuid.UUID(int=7))
 
 
 def test_a_missing_topic_is_a_problem_and_is_not_created(kafka_broker):

@@ -41,6 +41,11 @@ def offsets(records: list[Record]) -> list[int]:
     return [r.position.offset for r in records]
 
 
+def topic_id(source: KafkaSource) -> str:
+    """The id of the source's topic as the broker gave it (position states record it)."""
+    return str(source._consumer._cluster.topic_id(source.topic))
+
+
 def test_consume_ack_commit_and_a_restart_resumes_at_the_committed_offsets(kafka_broker, kafka_topic):
     produce_images(kafka_broker, kafka_topic, range(40))
     source = KafkaSource(kafka_broker, kafka_topic, "g-main", max_poll_records=8, client_options=FAST_CLIENT)
@@ -49,7 +54,7 @@ def test_consume_ack_commit_and_a_restart_resumes_at_the_committed_offsets(kafka
     assert [parse_label(r) for r in records] == list(range(40)) and records[25].task == "2"
     assert int(decode(records[7], 4)[0, 0, 0]) == 7
     state = json.loads(json.dumps(source.position_state()))
-    assert state == {"offsets": {f"{kafka_topic}:0": 40}, "partial": {}}
+    assert state == {"offsets": {f"{kafka_topic}:0": 40}, "partial": {}, "topic_id": topic_id(source)}
     assert source.lag() == 0
     assert source.commit(state) is True
     source.close()
@@ -101,7 +106,8 @@ def test_arrow_messages_split_into_images_and_partial_messages_resume_exactly(ka
     assert [parse_label(r) for r in images] == [0, 1, 2, 3, 4, 10, 11] and images[6].task == "1"
     source.ack(images)
     state = json.loads(json.dumps(source.position_state()))
-    assert state == {"offsets": {f"{kafka_topic}:0": 1}, "partial": {f"{kafka_topic}:0": {"1": [0, 1]}}}
+    assert state == {"offsets": {f"{kafka_topic}:0": 1}, "partial": {f"{kafka_topic}:0": {"1": [0, 1]}},
+                     "topic_id": topic_id(source)}
     source.close()
 
     restarted = KafkaSource(kafka_broker, kafka_topic, "g-arrow", max_poll_records=2, client_options=FAST_CLIENT)
@@ -112,7 +118,8 @@ def test_arrow_messages_split_into_images_and_partial_messages_resume_exactly(ka
     assert [int(decode(r, 4)[0, 0, 0]) for r in rest[:8]] == [12, 13, 14, 20, 21, 22, 23, 24]
     damaged = rest[8]                     # handed on whole, for ingest.expand to dead-letter
     assert damaged.position.offset == 3 and damaged.content_type == ARROW_CONTENT_TYPE
-    assert restarted.position_state() == {"offsets": {f"{kafka_topic}:0": 4}, "partial": {}}
+    assert restarted.position_state() == {"offsets": {f"{kafka_topic}:0": 4}, "partial": {},
+                                          "topic_id": topic_id(restarted)}
     restarted.close()
 
 
