@@ -78,11 +78,11 @@ class Broker:
         self.kill()
 
 
-def create_topic(bootstrap: str, partitions: int = 1, prefix: str = "t") -> str:
-    """Creates a fresh topic with a unique name and returns the name."""
+def create_topic(bootstrap: str, partitions: int = 1, prefix: str = "t", name: str | None = None) -> str:
+    """Creates a topic (a fresh unique name unless ``name`` is given) and returns its name."""
     from kafka.admin import KafkaAdminClient, NewTopic
 
-    name = f"{prefix}-{uuid.uuid4().hex[:10]}"
+    name = name or f"{prefix}-{uuid.uuid4().hex[:10]}"
     admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10000)
     try:
         admin.create_topics([NewTopic(name, num_partitions=partitions, replication_factor=1)])

@@ -81,11 +81,12 @@ class Row:
     recover_seconds_median: float | None = None   # restart (or fault end) to the first record acked again
     recover_seconds_max: float | None = None
     peak_rss_mb: float = 0.0
+    violations: list[str] = field(default_factory=list)   # scenario-specific limits that did not hold
     notes: dict = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
-        return self.lost == 0 and self.repeated_after_checkpoint == 0 and self.crashes == 0
+        return self.lost == 0 and self.repeated_after_checkpoint == 0 and self.crashes == 0 and not self.violations
 
     def as_dict(self) -> dict:
         return {**asdict(self), "ok": self.ok}
@@ -94,17 +95,16 @@ class Row:
 class Scenario:
     """A work folder with a daemon config; runs are started, watched and finally scored from the audit log."""
 
-    def __init__(self, folder: Path, source_toml: str = "", env: dict | None = None, **config):
+    def __init__(self, folder: Path, source_toml: str = "", **config):
         self.folder = folder
         folder.mkdir(parents=True, exist_ok=True)
         self.config = write_config(folder, source_toml, **config)
         self.audit = folder / "audit.log"
-        self.env = env or {}
         self.runs: list[Watched] = []
         self.crashes = 0
 
-    def start(self, exit_when_idle: float | None = None) -> Watched:
-        run = Watched(start_daemon(self.config, exit_when_idle=exit_when_idle, env=self.env), self.audit)
+    def start(self, exit_when_idle: float | None = None, env: dict | None = None) -> Watched:
+        run = Watched(start_daemon(self.config, exit_when_idle=exit_when_idle, env=env), self.audit)
         self.runs.append(run)
         return run
 
@@ -121,8 +121,10 @@ class Scenario:
             run.daemon.kill()
             raise
 
-    def score(self, name: str, faults: str, expected: set[str], recoveries: list[float] | None = None) -> Row:
-        runs = read_audit(self.audit)
+    def score(self, name: str, faults: str, expected: set[str], recoveries: list[float] | None = None,
+              audit: Path | None = None) -> Row:
+        """The row, from ``audit`` (default: the daemon's own audit log)."""
+        runs = read_audit(audit or self.audit)
         d = delivery(runs, expected)
         statuses = sum((r.statuses for r in runs), Counter())
         recoveries = sorted(recoveries if recoveries is not None else

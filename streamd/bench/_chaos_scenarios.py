@@ -4,19 +4,25 @@ and the quick subset that ``make test`` runs."""
 from __future__ import annotations
 
 import random
+import signal
 import subprocess
 import time
 from contextlib import contextmanager
 from pathlib import Path
 
+from streamd.audit import NOT_RECORDS
 from streamd.bench._broker import Broker, create_topic
 from streamd.bench._chaos_harness import Row, Scenario, directory_positions
 from streamd.bench._daemons import kafka_source_toml, produce_dir, produce_kafka
 
-KILL_MOMENTS = ("startup", "running", "checkpoint")
+KILL_MOMENTS = ("checkpoint", "startup", "running")
+FRESH_PER_RUN = 96   # records added before each later run: 6 steps of the chaos config (batch 16)
+# Test-only fault (see streamd.daemon.install_test_faults): every checkpoint pauses after its files
+# are written and synced, before the rename, so a kill while the temp folder exists is mid-checkpoint.
+CHECKPOINT_PAUSE = {"STREAMD_TEST_FAULTS": "checkpoint_sleep=0.5"}
 
 
-def _wait(predicate, timeout: float, poll: float = 0.02) -> bool:
+def wait_for(predicate, timeout: float, poll: float = 0.02) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if predicate():
@@ -25,19 +31,19 @@ def _wait(predicate, timeout: float, poll: float = 0.02) -> bool:
     return False
 
 
-def _kill_at(scenario: Scenario, moment: str, rng: random.Random) -> str:
+def kill_at(scenario: Scenario, moment: str, rng: random.Random) -> str:
     """Starts a run and kill -9s it at the moment asked for; returns the moment it really was."""
-    run = scenario.start()
+    run = scenario.start(env=CHECKPOINT_PAUSE if moment == "checkpoint" else None)
     ckpt = scenario.folder / "ckpt"
     if moment == "startup":
         time.sleep(rng.uniform(0.2, 2.0))
     elif moment == "checkpoint":   # a checkpoint's temp folder exists only while it is being written
-        caught = _wait(lambda: any(ckpt.glob(".tmp-ckpt-*")) or run.daemon.proc.poll() is not None, 30, poll=0.002)
+        caught = wait_for(lambda: any(ckpt.glob(".tmp-ckpt-*")) or run.daemon.proc.poll() is not None, 30, poll=0.002)
         moment = moment if caught and any(ckpt.glob(".tmp-ckpt-*")) else "running (no checkpoint caught)"
     else:
         before = scenario.consumed()
-        _wait(lambda: scenario.consumed() > before or run.daemon.proc.poll() is not None, 60)
-        time.sleep(rng.uniform(0.0, 3.0))
+        wait_for(lambda: scenario.consumed() > before or run.daemon.proc.poll() is not None, 60)
+        time.sleep(rng.uniform(0.0, 1.5))
     if run.daemon.proc.poll() not in (None, 0):
         scenario.crashes += 1
     run.kill9()
@@ -45,23 +51,78 @@ def _kill_at(scenario: Scenario, moment: str, rng: random.Random) -> str:
 
 
 def kill9(folder: Path, kind: str, kills: int, per_task: int, seed: int = 0, bootstrap: str | None = None) -> Row:
-    """kill -9 at ``kills`` moments (cycling startup, running, mid-checkpoint), then a run that drains."""
+    """kill -9 at ``kills`` moments (cycling mid-checkpoint, startup, running), then a run that drains.
+    Every run after the first gets FRESH_PER_RUN new records, so each has steps to take and a
+    checkpoint to write when it is killed (not an idle daemon)."""
     rng = random.Random(seed)
     inbox = folder / "inbox"
     if kind == "kafka":
         topic = create_topic(bootstrap, prefix="chaos")
-        produce_kafka(bootstrap, topic, 3, per_task)
         scenario = Scenario(folder, kafka_source_toml(bootstrap, topic, f"chaos-{topic}"))
-        expected = {f"{topic}:0@{o}" for o in range(3 * per_task)}
+
+        def feed(run: int, tasks: int, per: int) -> None:
+            produce_kafka(bootstrap, topic, tasks, per)
     else:
-        produce_dir(inbox, 3, per_task)
         scenario = Scenario(folder)
-        expected = directory_positions(inbox)
-    moments = [_kill_at(scenario, KILL_MOMENTS[i % len(KILL_MOMENTS)], rng) for i in range(kills)]
+
+        def feed(run: int, tasks: int, per: int) -> None:
+            produce_dir(inbox / f"run-{run:02d}", tasks, per)
+    feed(0, 3, per_task)
+    moments = []
+    for i in range(kills):
+        if i:
+            feed(i, 1, FRESH_PER_RUN)
+        moments.append(kill_at(scenario, KILL_MOMENTS[i % len(KILL_MOMENTS)], rng))
     scenario.drain()
+    sent = 3 * per_task + (kills - 1) * FRESH_PER_RUN
+    expected = {f"{topic}:0@{o}" for o in range(sent)} if kind == "kafka" else directory_positions(inbox)
     row = scenario.score(f"kill -9 ({kind})", f"{kills} x kill -9: {', '.join(sorted(set(moments)))}", expected)
     row.notes["kill_moments"] = {m: moments.count(m) for m in sorted(set(moments))}
     return row
+
+
+def broker_restart(folder: Path, per_task: int) -> Row:
+    """The broker dies and an empty one takes its place (same address, the topic made again, fewer
+    records than the daemon had read): the daemon, configured to re-read a replaced topic from its
+    start, must notice the stale offsets and read every new record, without a restart of its own."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with Broker(folder / "broker.log") as broker:
+        topic = create_topic(broker.bootstrap, prefix="replaced")
+        produce_kafka(broker.bootstrap, topic, 3, per_task)
+        first = {f"{topic}:0@{o}" for o in range(3 * per_task)}
+        scenario = Scenario(folder, kafka_source_toml(broker.bootstrap, topic, f"replaced-{topic}",
+                                                      on_offsets_beyond_log_end="reset_to_log_start"))
+        run = scenario.start()
+        wait_for(lambda: scenario.consumed() >= len(first) or run.daemon.proc.poll() is not None, 300)
+        read_before = len(scenario.audit.read_text().splitlines())
+        broker.kill()
+        broker.start()
+        create_topic(broker.bootstrap, name=topic)
+        produce_kafka(broker.bootstrap, topic, 1, per_task)
+        replaced = time.monotonic()
+        wait_for(lambda: scenario.consumed() > len(first) or run.daemon.proc.poll() is not None, 180)
+        recovered = time.monotonic() - replaced
+        wait_for(lambda: scenario.consumed() >= len(first) + per_task or run.daemon.proc.poll() is not None, 180)
+        if run.daemon.proc.poll() is not None:
+            scenario.crashes += 1
+        run.daemon.kill(signal.SIGTERM)
+        try:
+            run.wait(timeout=120)
+        except (AssertionError, subprocess.TimeoutExpired):
+            scenario.crashes += 1
+            run.kill9()
+    # The new topic's positions repeat the old ones' names: told apart by when they were read.
+    lines = scenario.audit.read_text().splitlines()
+    scored = folder / "audit-scored.log"
+    scored.write_text("\n".join(lines[:read_before] + [_mark_new(line) for line in lines[read_before:]]) + "\n")
+    expected = first | {f"new:{topic}:0@{o}" for o in range(per_task)}
+    return scenario.score("broker replaced", "broker killed, an empty one started on the same address, "
+                          "topic made again with fewer records", expected, [recovered], audit=scored)
+
+
+def _mark_new(line: str) -> str:
+    status, _, value = line.partition("\t")
+    return line if status in NOT_RECORDS else f"{status}\tnew:{value}"
 
 
 def broker_freeze(folder: Path, broker: Broker, seconds: float, per_task: int) -> Row:
@@ -70,12 +131,12 @@ def broker_freeze(folder: Path, broker: Broker, seconds: float, per_task: int) -
     produce_kafka(broker.bootstrap, topic, 3, per_task)
     scenario = Scenario(folder, kafka_source_toml(broker.bootstrap, topic, f"freeze-{topic}"))
     run = scenario.start(exit_when_idle=5.0)
-    _wait(lambda: scenario.consumed() >= per_task // 2, 120)
+    wait_for(lambda: scenario.consumed() >= per_task // 2, 120)
     broker.freeze()
     time.sleep(seconds)
     broker.thaw()
     thawed, before = time.monotonic(), scenario.consumed()
-    _wait(lambda: scenario.consumed() > before or run.daemon.proc.poll() is not None, 180)
+    wait_for(lambda: scenario.consumed() > before or run.daemon.proc.poll() is not None, 180)
     recovered = time.monotonic() - thawed
     try:
         run.wait(timeout=600)
@@ -118,13 +179,13 @@ def disk_full(folder: Path, per_task: int, full_seconds: float) -> Row:
     with tmpfs(folder / "ckpt", "8m") as ckpt, tmpfs(folder / "snap", "8m") as snap:
         fillers = [fill(ckpt), fill(snap)]
         run = scenario.start(exit_when_idle=3.0)
-        _wait(lambda: scenario.consumed() >= per_task or run.daemon.proc.poll() is not None, 120)
+        wait_for(lambda: scenario.consumed() >= per_task or run.daemon.proc.poll() is not None, 120)
         time.sleep(full_seconds)
         durable_before = (ckpt / "LATEST").exists()
         for filler in fillers:
             filler.unlink()
         freed = time.monotonic()
-        _wait(lambda: (ckpt / "LATEST").exists() or run.daemon.proc.poll() is not None, 120)
+        wait_for(lambda: (ckpt / "LATEST").exists() or run.daemon.proc.poll() is not None, 120)
         recovered = time.monotonic() - freed
         try:
             summary = run.wait(timeout=600)

@@ -32,7 +32,7 @@ TINY = {"arch": "resnet_tiny", "image_size": 16,
 FAST_CLIENT = {"session_timeout_ms": 6000, "heartbeat_interval_ms": 1000, "fetch_max_wait_ms": 100}
 
 
-def kafka_source_toml(bootstrap: str, topic: str, group: str) -> str:
+def kafka_source_toml(bootstrap: str, topic: str, group: str, on_offsets_beyond_log_end: str = "fail") -> str:
     """The [source] snippet of a daemon reading ``topic`` with the fast client settings."""
     options = ", ".join(f"{k} = {v}" for k, v in FAST_CLIENT.items())
     return f"""[source]
@@ -42,6 +42,7 @@ bootstrap_servers = "{bootstrap}"
 topic = "{topic}"
 group_id = "{group}"
 max_poll_records = 32
+on_offsets_beyond_log_end = "{on_offsets_beyond_log_end}"
 client_options = {{{options}}}
 """
 
@@ -51,6 +52,37 @@ def produce_kafka(bootstrap: str, topic: str, tasks: int, per_task: int) -> None
     _check(streamd_main(["produce", "kafka", "--bootstrap-servers", bootstrap, "--topic", topic, "--dataset", "digits",
                          "--split", "class", "--tasks", str(tasks), "--per-task", str(per_task),
                          "--image-size", "16"]), "produce kafka")
+
+
+class RawHeaderKey(str):
+    """Makes kafka-python's producer write these exact bytes as a header key (it calls ``key.encode()``):
+    a record whose header key is not UTF-8, which kafka-python's consumer cannot parse (a poison record)."""
+
+    def __new__(cls, raw: bytes):
+        key = super().__new__(cls, raw.decode("latin-1"))
+        key.raw = raw
+        return key
+
+    def encode(self, *args, **kwargs) -> bytes:
+        return self.raw
+
+
+def produce_poison(bootstrap: str, topic: str, png: bytes) -> int:
+    """Odd records a careless producer sends: a header key that is not UTF-8 (unparseable), a message key
+    and a header value that are not UTF-8, a 10 KB header value, a content type that is not UTF-8.
+    Returns how many were sent (all to partition 0, in order)."""
+    from kafka import KafkaProducer
+
+    odd = [dict(headers=[(RawHeaderKey(b"\xff\xfebad"), b"x"), ("content-type", b"image/png")]),
+           dict(key=b"\xff\xfe\x00key", headers=[("content-type", b"image/png")]),
+           dict(headers=[("content-type", b"image/png"), ("streamd-note", b"\xc3\x28\xa0\xa1")]),
+           dict(headers=[("content-type", b"image/png"), ("streamd-note", b"n" * 10240)]),
+           dict(headers=[("content-type", b"image/\xffpng")])]
+    producer = KafkaProducer(bootstrap_servers=bootstrap)
+    for message in odd:
+        producer.send(topic, png, partition=0, **message).get(timeout=10)
+    producer.close()
+    return len(odd)
 
 
 def write_config(tmp: Path, source: str = "", checkpoint_dir: str = "ckpt", strategy: str = "finetune",
