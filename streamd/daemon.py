@@ -1,4 +1,4 @@
-"""The daemon loop of DESIGN.md §1: source -> ingest -> boundary -> learner.step -> checkpoint -> commit.
+"""The daemon loop: source -> ingest -> boundary -> learner.step -> checkpoint -> commit.
 
 Records are acked only after they were trained on (or dead-lettered); the checkpoint holds the
 whole state together with the acked positions, and the source commits only what a durable

@@ -118,7 +118,7 @@ def test_restarted_publisher_reports_existing_latest(tmp_path, learner):
 
 
 def test_resnet18_publish_takes_well_under_a_checkpoint_interval(tmp_path):
-    """DESIGN/issue: publishing must not stall training; a ResNet-18 (32 px, 45 MB) takes ~0.3-0.6 s here."""
+    """Publishing must not stall training; a ResNet-18 (32 px, 45 MB) takes ~0.3-0.6 s here."""
     learner = build_learner("resnet18", 32, objective_kwargs={"proj_hidden": 128, "proj_dim": 64, "pred_hidden": 32},
                             device="cpu")
     pub = SnapshotPublisher(tmp_path)
