@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 from daemon_fixtures import produce_dir, read_audit, start_daemon, write_config
+
+from streamd.bench._chaos_scenarios import fill, tmpfs
 
 SLOW_IMAGES, SLOW_INTERVAL_S = 20, 0.6
 
@@ -43,29 +43,6 @@ def test_a_stream_slower_than_the_batch_wait_still_trains_every_record_it_acks_a
         f"acked as trained: {seen.count('trained')}, really trained: {summary['images_trained']}"
 
 
-@contextmanager
-def tiny_tmpfs(path: Path, size: str = "256k"):
-    """A real small filesystem (we are root in the test sandbox and in CI): ENOSPC for real."""
-    path.mkdir(parents=True)
-    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], check=True)
-    try:
-        yield path
-    finally:
-        subprocess.run(["umount", "-l", str(path)], check=False)
-
-
-def fill(folder: Path) -> Path:
-    """Fills the filesystem of ``folder`` to the last byte; returns the filler file."""
-    filler = folder / "filler"
-    with open(filler, "wb", buffering=0) as f:
-        try:
-            while f.write(b"\0" * 4096):
-                pass
-        except OSError:
-            pass
-    return filler
-
-
 def write_corrupt_files(inbox: Path, count: int) -> set[str]:
     folder = inbox / "task-000"
     names = {f"zz-corrupt-{i:02d}.png" for i in range(count)}
@@ -78,7 +55,7 @@ def test_records_whose_dead_letter_cannot_be_written_are_not_acked_and_are_dead_
     inbox, bad_count, good_count = tmp_path / "inbox", 12, 16
     produce_dir(inbox, 1, good_count)
     bad = write_corrupt_files(inbox, bad_count)
-    with tiny_tmpfs(tmp_path / "dead") as dead:
+    with tmpfs(tmp_path / "dead", "256k") as dead:
         filler = fill(dead)
         first = start_daemon(write_config(tmp_path), exit_when_idle=2.0).wait(timeout=120)
         assert first["records_seen"] == good_count and first["records_dead_lettered"] == 0, first

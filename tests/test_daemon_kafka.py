@@ -3,13 +3,17 @@ letters, offsets committed after checkpoints and honoured by the group; a failin
 from __future__ import annotations
 
 import json
+import time
 from collections import Counter
 
-from daemon_fixtures import kafka_source_toml, produce_kafka, start_daemon, write_config
+import httpx
+from conftest import create_topic, free_port
+from daemon_fixtures import kafka_source_toml, produce_kafka, start_daemon, wait_until, write_config
 from kafka import KafkaProducer
-from test_kafka_safety import RawHeaderKey
 
-from connectors.kafka import committed_offsets
+from connectors.kafka import HEALTH_CHECK_S, committed_offsets
+from streamd.bench._broker import Broker
+from streamd.bench._daemons import RawHeaderKey
 
 TASKS, PER_TASK = 3, 32
 BAD = [(b"\x89PNG\r\n\x1a\n" + b"x" * 50, [("content-type", b"image/png")]),
@@ -50,3 +54,45 @@ def test_daemon_consumes_kafka_finds_header_boundaries_and_commits_after_checkpo
                            exit_when_idle=2.0, env={"STREAMD_TEST_FAULTS": "checkpoint_enospc"}).wait(timeout=150)
     assert summary["records_seen"] == 8 and summary["checkpoint_failures"] >= 1 and summary["checkpoints"] == 0
     assert committed_offsets(kafka_broker, "g-daemon", kafka_topic) == {f"{kafka_topic}:0": total}
+
+
+def test_readyz_is_503_while_the_broker_is_gone_and_200_once_the_topic_is_back(tmp_path):
+    """Readiness follows the source: a dead broker, then an empty broker without the input topic
+    (never auto-created), then the topic made again."""
+    with Broker(tmp_path / "broker.log") as broker:
+        topic = create_topic(broker.bootstrap)
+        produce_kafka(broker.bootstrap, topic, 1, 8)
+        port = free_port()
+        daemon = start_daemon(kafka_config(tmp_path, broker.bootstrap, topic, "g-ready", "ckpt"),
+                              env={"STREAMD_API__PORT": str(port)})
+        url = f"http://127.0.0.1:{port}/readyz"
+
+        def ready_status() -> int | None:
+            try:
+                return httpx.get(url, timeout=2).status_code
+            except httpx.TransportError:
+                return None
+
+        try:
+            wait_until(lambda: ready_status() == 200, 120, "ready with the broker up", daemon)
+            broker.kill()
+            wait_until(lambda: ready_status() == 503, 30, "not ready with the broker gone", daemon)
+            broker.start()
+            time.sleep(3 * HEALTH_CHECK_S)   # health checks ran against the empty broker
+            assert ready_status() == 503, "the input topic is missing: not ready"
+            assert topic not in topics_of(broker.bootstrap), "the daemon must not create its input topic"
+            create_topic(broker.bootstrap, name=topic)
+            wait_until(lambda: ready_status() == 200, 60, "ready again once the topic exists", daemon)
+        finally:
+            daemon.kill()
+            daemon.proc.wait(timeout=30)
+
+
+def topics_of(bootstrap: str) -> set[str]:
+    from kafka.admin import KafkaAdminClient
+
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10000)
+    try:
+        return set(admin.list_topics())
+    finally:
+        admin.close()
