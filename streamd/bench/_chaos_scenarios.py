@@ -12,7 +12,7 @@ from pathlib import Path
 
 from streamd.audit import NOT_RECORDS
 from streamd.bench._broker import Broker, create_topic
-from streamd.bench._chaos_harness import Row, Scenario, directory_positions
+from streamd.bench._chaos_harness import Row, Scenario, Watched, directory_positions
 from streamd.bench._daemons import kafka_source_toml, produce_dir, produce_kafka
 
 KILL_MOMENTS = ("checkpoint", "startup", "running")
@@ -103,14 +103,7 @@ def broker_restart(folder: Path, per_task: int) -> Row:
         wait_for(lambda: scenario.consumed() > len(first) or run.daemon.proc.poll() is not None, 180)
         recovered = time.monotonic() - replaced
         wait_for(lambda: scenario.consumed() >= len(first) + per_task or run.daemon.proc.poll() is not None, 180)
-        if run.daemon.proc.poll() is not None:
-            scenario.crashes += 1
-        run.daemon.kill(signal.SIGTERM)
-        try:
-            run.wait(timeout=120)
-        except (AssertionError, subprocess.TimeoutExpired):
-            scenario.crashes += 1
-            run.kill9()
+        _stop(scenario, run)
     # The new topic's positions repeat the old ones' names: told apart by when they were read.
     lines = scenario.audit.read_text().splitlines()
     scored = folder / "audit-scored.log"
@@ -171,28 +164,43 @@ def fill(folder: Path) -> Path:
 
 
 def disk_full(folder: Path, per_task: int, full_seconds: float) -> Row:
-    """Checkpoint and snapshot folders on full filesystems while the daemon reads; then room again."""
+    """Checkpoint and snapshot folders on full filesystems while the daemon trains (every checkpoint
+    and snapshot fails), then room again and more records: recovery is the time to the first durable
+    checkpoint. A SIGTERM and a last run follow on the same filesystems, which must re-read nothing
+    that a checkpoint covered."""
     inbox = folder / "inbox"
-    produce_dir(inbox, 3, per_task)
-    expected = directory_positions(inbox)
+    produce_dir(inbox / "while-full", 3, per_task)
     scenario = Scenario(folder)
     with tmpfs(folder / "ckpt", "8m") as ckpt, tmpfs(folder / "snap", "8m") as snap:
         fillers = [fill(ckpt), fill(snap)]
-        run = scenario.start(exit_when_idle=3.0)
-        wait_for(lambda: scenario.consumed() >= per_task or run.daemon.proc.poll() is not None, 120)
+        run = scenario.start()
+        wait_for(lambda: scenario.consumed() >= 3 * per_task or run.daemon.proc.poll() is not None, 300)
         time.sleep(full_seconds)
-        durable_before = (ckpt / "LATEST").exists()
+        durable_while_full = (ckpt / "LATEST").exists()
         for filler in fillers:
             filler.unlink()
         freed = time.monotonic()
+        produce_dir(inbox / "after", 1, per_task)
         wait_for(lambda: (ckpt / "LATEST").exists() or run.daemon.proc.poll() is not None, 120)
         recovered = time.monotonic() - freed
-        try:
-            summary = run.wait(timeout=600)
-        except (AssertionError, subprocess.TimeoutExpired):
-            scenario.crashes += 1
-            summary = scenario.drain()
-    row = scenario.score("disk full", f"checkpoint + snapshot folders full for {full_seconds:g} s", expected,
-                         [recovered])
-    row.notes.update(checkpoint_failures=summary.get("checkpoint_failures"), durable_while_full=durable_before)
+        summary = _stop(scenario, run)
+        scenario.drain()
+    row = scenario.score("disk full", f"checkpoint + snapshot folders full while {3 * per_task} records trained "
+                         f"and {full_seconds:g} s more, then room and {per_task} more records",
+                         directory_positions(inbox), [recovered])
+    row.notes.update(checkpoint_failures=summary.get("checkpoint_failures"), durable_while_full=durable_while_full,
+                     snapshots_after_room=summary.get("snapshots"))
     return row
+
+
+def _stop(scenario: Scenario, run: Watched) -> dict:
+    """SIGTERM and the run's summary; an exit the harness did not cause, or a failed stop, is a crash."""
+    if run.daemon.proc.poll() is not None:
+        scenario.crashes += 1
+    run.daemon.kill(signal.SIGTERM)
+    try:
+        return run.wait(timeout=120)
+    except (AssertionError, subprocess.TimeoutExpired):
+        scenario.crashes += 1
+        run.kill9()
+        return {}

@@ -5,6 +5,7 @@ Everything here drives the daemon from outside, as an operator would: a TOML fil
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -17,9 +18,12 @@ from pathlib import Path
 from streamd.cli import main as streamd_main
 
 
-def _check(status: int, what: str) -> None:
+def _produce(args: list[str]) -> None:
+    """The real ``streamd produce``, in-process; its JSON report goes to stderr (stdout is the caller's)."""
+    with contextlib.redirect_stdout(sys.stderr):
+        status = streamd_main(["produce", *args])
     if status != 0:
-        raise RuntimeError(f"{what} exited with {status}")
+        raise RuntimeError(f"streamd produce {args[0]} exited with {status}")
 
 
 PYTHON = sys.executable
@@ -49,9 +53,8 @@ client_options = {{{options}}}
 
 def produce_kafka(bootstrap: str, topic: str, tasks: int, per_task: int) -> None:
     """`streamd produce kafka` of digits split by class, with task/label headers."""
-    _check(streamd_main(["produce", "kafka", "--bootstrap-servers", bootstrap, "--topic", topic, "--dataset", "digits",
-                         "--split", "class", "--tasks", str(tasks), "--per-task", str(per_task),
-                         "--image-size", "16"]), "produce kafka")
+    _produce(["kafka", "--bootstrap-servers", bootstrap, "--topic", topic, "--dataset", "digits", "--split", "class",
+              "--tasks", str(tasks), "--per-task", str(per_task), "--image-size", "16"])
 
 
 class RawHeaderKey(str):
@@ -132,10 +135,10 @@ progress_seconds = 1
 
 
 def produce_dir(inbox: Path, tasks: int, per_task: int, dataset: str = "digits", headers: bool = True) -> None:
-    """The real ``streamd produce dir``, in-process."""
-    args = ["produce", "dir", "--out", str(inbox), "--dataset", dataset, "--split", "class", "--tasks", str(tasks),
+    """``streamd produce dir`` of digits split by class, with task/label sidecars unless ``headers`` is off."""
+    args = ["dir", "--out", str(inbox), "--dataset", dataset, "--split", "class", "--tasks", str(tasks),
             "--per-task", str(per_task), "--image-size", "16"]
-    _check(streamd_main(args + ([] if headers else ["--no-headers"])), "produce dir")
+    _produce(args + ([] if headers else ["--no-headers"]))
 
 
 @dataclass
