@@ -288,7 +288,9 @@ class Daemon:
             self.counters.checkpoints -= 1
             self.counters.checkpoint_failures += 1
             self.metrics.checkpoint_failures.inc()
-            log.error("checkpoint (%s) failed: %s; sources are not committed, training goes on", reason, e)
+            log.error("checkpoint (%s) failed: %s; sources are not committed, %s", reason, e,
+                      "stopping without it: what was read since the last durable checkpoint is read again after "
+                      "a restart" if reason == "shutdown" else "training goes on")
             return False
         self.dirty = False
         self.metrics.checkpoint_last_timestamp.set(time.time())
