@@ -30,3 +30,4 @@ def test_quick_chaos_loses_nothing_and_repeats_only_after_the_last_checkpoint(tm
     assert rows["poison records"]["dead_lettered"].get("unparseable_record", 0) >= 1, rows["poison records"]
     table = render_markdown(results, "streamd bench chaos --quick")
     assert table.count("\n| ") == len(rows) + 1 and results["all_ok"]
+    assert table.startswith("# Reliability") and "must be 0" in table
