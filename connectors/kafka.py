@@ -14,10 +14,13 @@ whenever the consumer sat idle for a quarter of ``max_poll_interval_ms``, so no 
 One lock serializes every use of the consumer (it is not thread-safe) and of the source's state
 (rebalance callbacks may run on that thread).
 
-Group joins: a join that finished between two polls is used, not restarted (connectors/kafka_group.py).
+Group joins: a join that finished between two polls is used, not restarted, and a join started for a
+metadata change that went away meanwhile is still finished (connectors/kafka_group.py).
 Safety: the input topic is never auto-created; records kafka-python cannot parse become
 ``unparseable_record`` dead letters (connectors/kafka_parsing.py); start offsets past the log end
-or of a deleted and recreated topic (another topic id) are caught (connectors/kafka_offsets.py).
+or of a deleted and recreated topic (another topic id) are caught (connectors/kafka_offsets.py), also
+while the source reads: the health check refreshes the metadata, and partitions kept across a
+rebalance are checked again.
 ``problem()`` reports what keeps the source from reading.
 """
 from __future__ import annotations
@@ -236,8 +239,18 @@ class KafkaSource:
 
         The topic's partitions come from the consumer's metadata cache (the consumer refreshes it for
         its subscription): ``partitions_for_topic()`` would block without a timeout on a dead broker.
+
+        It also asks for a metadata refresh (done on kafka-python's IO thread, without blocking): the
+        consumer refreshes on its own only every ``metadata_max_age_ms`` (5 min), and until then it
+        would not see that the topic was deleted and recreated under it (a new topic id) and would go
+        on fetching the new topic at the old topic's offsets, silently skipping its first records.
+        With the refresh, ``_check_topic_id`` sees the new id within about HEALTH_CHECK_S. Records
+        of the new topic fetched before that are not skipped either under "reset_to_log_start": the
+        partition is read again from its first offset, so they are handed out twice. Under "fail"
+        they are handed out before the partition is held.
         """
         try:
+            self._consumer._cluster.request_update()
             partitions = self._consumer._cluster.partitions_for_topic(self.topic)
             if not partitions:
                 self._health = (f"topic {self.topic!r} not found (missing, it is never auto-created; "
@@ -299,9 +312,12 @@ class KafkaSource:
         current = topic_id(self._consumer, self.topic)
         if current is None or current == self._topic_id:
             return
-        cases = topic_recreated({_tp(k): start for k, start in self._unchecked.items()}, self._topic_id, current)
+        starts = {_tp(k): start for k, start in self._unchecked.items()}
+        # Partitions read until now were read from the old topic: their positions are stale as well.
+        starts.update({_tp(k): offset for k, offset in self._fetched_next.items() if k not in self._held})
+        cases = topic_recreated(starts, self._topic_id, current)
         for case in cases:
-            del self._unchecked[_key(case.partition)]
+            self._unchecked.pop(_key(case.partition), None)
             self._on_invalid_offsets(case)
         if cases and self.on_offsets_beyond_log_end == "reset_to_log_start":
             self._targets.clear()   # old topic's offsets; whoever is assigned them starts from the group's commit
@@ -350,8 +366,9 @@ class KafkaSource:
                 self._apply(key, self._targets[key])
             elif key in self._held:
                 self._consumer.pause(_tp(key))
-            elif key in self._fetched_next:
+            elif key in self._fetched_next:   # checked again: a replaced broker also ends in a rebalance
                 self._consumer.seek(_tp(key), self._fetched_next[key])
+                self._unchecked[key] = self._fetched_next[key]
             else:
                 self._unchecked.setdefault(key, None)
 

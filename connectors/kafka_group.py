@@ -1,4 +1,4 @@
-"""A fix for kafka-python's group join (checked against 3.0.12): a finished join is used, not thrown away.
+"""Fixes for kafka-python's group join (checked against 3.0.12): a started join is always finished and used.
 
 kafka-python runs JoinGroup + SyncGroup as a task on its IO thread; ``poll()`` awaits that task
 for at most its own timeout and leaves it running. When the task finishes while the owner is not
@@ -15,6 +15,18 @@ exactly as kafka-python completes one it awaited (member stable, heartbeat on, a
 applied through ``_on_join_complete_async``). Heartbeats are off while a join task runs, so no
 newer rebalance request can have arrived in between. Failed or unfinished tasks take the
 original path.
+
+A join is also finished when the reason for it went away meanwhile. ``ConsumerCoordinator.poll()``
+calls ``ensure_active_group()`` only while ``need_rejoin()``; a metadata change alone (the
+assignment snapshot differs from the metadata, e.g. the topic vanished while its broker was
+replaced by an empty one) starts a join: the listener revokes the partitions, heartbeats stop, the
+member is REBALANCING. If the metadata is back as it was before the join ends (the topic made again
+with as many partitions), ``need_rejoin()`` is False again, nobody awaits the join task, its
+assignment is never applied: the member stays REBALANCING with its partitions revoked (the source
+holds their records back) and no heartbeat, for good. ``install_join_fix()`` makes
+``BaseCoordinator.need_rejoin`` also true while a join is pending (``rejoining``: partitions
+revoked and not yet reassigned, or a join task not yet collected), as the Java client's
+``rejoinNeededOrPending()`` does.
 """
 from __future__ import annotations
 
@@ -26,6 +38,9 @@ def install_join_fix() -> None:
     original = BaseCoordinator.join_group_async
     if getattr(original, "streamd_fix", False):
         return
+
+    def need_rejoin(self):
+        return bool(self.rejoin_needed or self.rejoining or self._join_task is not None)
 
     async def join_group_async(self, timeout_ms=None):
         task = self._join_task
@@ -43,3 +58,4 @@ def install_join_fix() -> None:
 
     join_group_async.streamd_fix = True
     BaseCoordinator.join_group_async = join_group_async
+    BaseCoordinator.need_rejoin = need_rejoin

@@ -62,7 +62,7 @@ class TopicRecreated:
 
     def describe(self) -> str:
         return (f"topic id changed from {self.saved_id} to {self.current_id}: the topic was deleted and recreated "
-                f"(or its broker replaced by an empty one); checkpoint offset {self.offset} on "
+                f"(or its broker replaced by an empty one); offset {self.offset} on "
                 f"{self.partition.topic}:{self.partition.partition} belongs to the old topic")
 
 

@@ -20,6 +20,7 @@ from test_kafka_source import consume, offsets, produce_images, topic_id
 from connectors.base import PARSE_ERROR_HEADER, UNPARSEABLE_CONTENT_TYPE
 from connectors.kafka import KafkaSource, committed_offsets
 from connectors.wire import encode_image
+from streamd.bench._broker import Broker
 from streamd.ingest import DecodeError, decode, expand
 
 
@@ -260,6 +261,68 @@ def test_a_missing_topic_is_a_problem_and_is_not_created(kafka_broker):
     admin = KafkaAdminClient(bootstrap_servers=kafka_broker)
     assert topic not in admin.list_topics()
     admin.close()
+
+
+@pytest.mark.parametrize("policy", ["fail", "reset_to_log_start"])
+def test_a_topic_recreated_while_the_source_reads_it_gets_the_policy(kafka_broker, kafka_topic, policy):
+    """No restart, no checkpoint: the running member's own read positions belong to the old topic.
+
+    The health check refreshes the metadata (by default only every 5 min), so the new id is seen
+    within seconds without any poll; the source is polled only then: records fetched at the old
+    offsets before that would be handed out too (see ``KafkaSource.check_health``), a race this
+    test leaves out. The consumer's group, position and buffers stay those of the old topic."""
+    produce_images(kafka_broker, kafka_topic, range(5))
+    source = KafkaSource(kafka_broker, kafka_topic, f"g-live-{policy}", client_options=FAST_CLIENT,
+                         on_offsets_beyond_log_end=policy)
+    assert offsets(consume(source, 5)) == [0, 1, 2, 3, 4]
+    old_id = topic_id(source)
+    recreate(kafka_broker, kafka_topic)
+    produce_images(kafka_broker, kafka_topic, range(100, 108))
+    deadline = time.monotonic() + 15
+    while topic_id(source) in (old_id, "None") and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert topic_id(source) not in (old_id, "None")
+    if policy == "fail":
+        assert consume(source, 1, timeout_s=8) == []
+        assert f"topic id changed from {old_id}" in (source.problem() or "")
+    else:
+        records = consume(source, 8)
+        assert offsets(records) == list(range(8)) and int(decode(records[0], 4)[0, 0, 0]) == 100
+        assert source.problem() is None and topic_id(source) != old_id
+    assert source.offsets_invalid_total == 1
+    source.close()
+
+
+def test_a_broker_replaced_by_an_empty_one_is_read_from_the_start_under_reset(tmp_path):
+    """The same address, an empty broker, the topic made again with fewer records than were read."""
+    with Broker(tmp_path / "broker.log") as broker:
+        topic = create_topic(broker.bootstrap)
+        produce_images(broker.bootstrap, topic, range(6))
+        source = KafkaSource(broker.bootstrap, topic, "g-replaced", on_offsets_beyond_log_end="reset_to_log_start",
+                             client_options={**FAST_CLIENT, "request_timeout_ms": 3000})
+        assert offsets(consume(source, 6)) == list(range(6))
+        broker.kill()
+        broker.start()
+        create_topic(broker.bootstrap, name=topic)
+        produce_images(broker.bootstrap, topic, range(100, 103))
+        records = consume(source, 3, timeout_s=60)
+        assert offsets(records) == [0, 1, 2] and int(decode(records[0], 4)[0, 0, 0]) == 100
+        assert source.offsets_invalid_total == 1
+        source.close()
+
+
+def test_a_pending_join_counts_as_a_rejoin_needed():
+    """A join started for a metadata change that went away meanwhile must still be awaited and
+    applied (connectors/kafka_group.py); else the member stays REBALANCING with its partitions revoked."""
+    from kafka.coordinator.base import BaseCoordinator
+
+    def state(rejoin_needed=False, rejoining=False, join_task=None):
+        return SimpleNamespace(rejoin_needed=rejoin_needed, rejoining=rejoining, _join_task=join_task)
+
+    assert BaseCoordinator.need_rejoin(state()) is False
+    assert BaseCoordinator.need_rejoin(state(rejoin_needed=True)) is True
+    assert BaseCoordinator.need_rejoin(state(rejoining=True)) is True
+    assert BaseCoordinator.need_rejoin(state(join_task=object())) is True
 
 
 def test_a_dead_broker_is_a_problem(tmp_path):
