@@ -21,19 +21,8 @@ from connectors.base import PARSE_ERROR_HEADER, UNPARSEABLE_CONTENT_TYPE
 from connectors.kafka import KafkaSource, committed_offsets
 from connectors.wire import encode_image
 from streamd.bench._broker import Broker
+from streamd.bench._daemons import RawHeaderKey
 from streamd.ingest import DecodeError, decode, expand
-
-
-class RawHeaderKey(str):
-    """Makes kafka-python's producer write these exact bytes as a header key (it calls ``key.encode()``)."""
-
-    def __new__(cls, raw: bytes):
-        key = super().__new__(cls, raw.decode("latin-1"))
-        key.raw = raw
-        return key
-
-    def encode(self, *args, **kwargs) -> bytes:
-        return self.raw
 
 
 class LyingLength(bytes):
