@@ -9,7 +9,7 @@ import pytest
 
 from streamd.bench.chaos import render_markdown, run_chaos
 
-QUICK = ["kill9_directory", "kill9_kafka", "disk_full", "fuzz", "poison"]
+QUICK = ["kill9_directory", "kill9_kafka", "broker_restart", "disk_full", "fuzz", "poison"]
 
 
 @pytest.mark.slow
@@ -25,6 +25,8 @@ def test_quick_chaos_loses_nothing_and_repeats_only_after_the_last_checkpoint(tm
         assert kills["seen_twice"] > 0 and kills["recover_seconds_median"] is not None, kills
         assert kills["notes"]["kill_moments"].get("checkpoint") == 1, kills   # the pause makes it certain
     assert rows["disk full"]["notes"]["checkpoint_failures"] > 0, "the disk really was full for the checkpoints"
+    assert rows["disk full"]["notes"]["durable_after_room"] and not rows["disk full"]["notes"]["durable_while_full"]
+    assert rows["broker replaced"]["recover_seconds_median"] < 60, "the new topic was read without a restart"
     fuzz = rows["fuzzed inputs"]
     assert fuzz["notes"]["rss_peak_over_steady"] <= 1.5 and len(fuzz["dead_lettered"]) >= 6, fuzz
     assert rows["poison records"]["dead_lettered"].get("unparseable_record", 0) >= 1, rows["poison records"]

@@ -183,13 +183,16 @@ def disk_full(folder: Path, per_task: int, full_seconds: float) -> Row:
         produce_dir(inbox / "after", 1, per_task)
         wait_for(lambda: (ckpt / "LATEST").exists() or run.daemon.proc.poll() is not None, 120)
         recovered = time.monotonic() - freed
+        durable_after_room = (ckpt / "LATEST").exists()
         summary = _stop(scenario, run)
         scenario.drain()
     row = scenario.score("disk full", f"checkpoint + snapshot folders full while {3 * per_task} records trained "
                          f"and {full_seconds:g} s more, then room and {per_task} more records",
                          directory_positions(inbox), [recovered])
     row.notes.update(checkpoint_failures=summary.get("checkpoint_failures"), durable_while_full=durable_while_full,
-                     snapshots_after_room=summary.get("snapshots"))
+                     durable_after_room=durable_after_room, snapshots=summary.get("snapshots"))
+    if not durable_after_room:
+        row.violations.append("no durable checkpoint within 120 s of room on the disk")
     return row
 
 
