@@ -263,12 +263,25 @@ class KafkaSource:
 
     # -- internals ----------------------------------------------------------------------------
     def _poll_consumer(self, timeout_ms: int, fetch: bool) -> None:
-        """One consumer poll; every record it returns goes to the buffer (none is ever dropped)."""
+        """One consumer poll; every record it returns goes to the buffer (none is ever dropped).
+
+        kafka-python raises out of ``poll()`` when the broker is gone (the coordinator lookup's
+        metadata refresh fails with ECONNREFUSED): a retriable error here is an outage to wait out
+        (reported by ``problem()``), not a reason to stop the daemon."""
         paused = [] if fetch else [tp for tp in self._consumer.assignment() if _key(tp) not in self._held]
         if paused:
             self._consumer.pause(*paused)
+        started = time.monotonic()
         try:
             batches = self._consumer.poll(timeout_ms=timeout_ms, max_records=self.max_poll_records)
+        except KafkaError as exc:
+            if not exc.retriable:
+                raise
+            if self._health is None:
+                log.warning("Kafka broker unreachable (%s: %s); retrying", type(exc).__name__, exc)
+            self._health = f"Kafka broker unreachable: {type(exc).__name__}: {exc}"
+            time.sleep(max(0.0, timeout_ms / 1000 - (time.monotonic() - started)))
+            return
         finally:
             if paused:
                 self._consumer.resume(*[tp for tp in paused if tp in self._consumer.assignment()])

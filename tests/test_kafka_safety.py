@@ -13,6 +13,7 @@ import pytest
 from conftest import FAST_CLIENT, create_topic, tansu_broker
 from kafka import KafkaProducer, TopicPartition
 from kafka.admin import KafkaAdminClient, NewTopic
+from kafka.errors import IllegalStateError, KafkaConnectionError
 from kafka.consumer.fetcher import Fetcher
 from kafka.record.memory_records import MemoryRecords
 from test_kafka_source import consume, offsets, produce_images, topic_id
@@ -327,10 +328,32 @@ def test_a_dead_broker_is_a_problem(tmp_path):
         broker.kill()
         broker.wait()
         deadline = time.monotonic() + 15
-        while source.problem() is None and time.monotonic() < deadline:
-            time.sleep(0.2)
+        while time.monotonic() < deadline:   # the daemon keeps polling through an outage: never raises
+            assert source.poll(4, 0.5) == []
         assert "unreachable" in (source.problem() or "")
         source.close()
+
+
+def test_a_retriable_error_out_of_the_consumer_poll_is_an_outage_not_a_crash(kafka_broker, kafka_topic, monkeypatch):
+    """kafka-python raises KafkaConnectionError out of poll() when its coordinator lookup finds no
+    broker (seen in a daemon that then exited 1); a non-retriable error still propagates."""
+    produce_images(kafka_broker, kafka_topic, range(2))
+    source = KafkaSource(kafka_broker, kafka_topic, "g-outage-poll", client_options=FAST_CLIENT)
+    assert offsets(consume(source, 2)) == [0, 1]
+    real_poll = source._consumer.poll
+
+    def refused(**kwargs):
+        raise KafkaConnectionError("111 ECONNREFUSED")
+
+    monkeypatch.setattr(source._consumer, "poll", refused)
+    started = time.monotonic()
+    assert source.poll(4, 0.5) == [] and "unreachable" in source.problem()
+    assert time.monotonic() - started >= 0.4, "waits out the poll timeout instead of spinning"
+    monkeypatch.setattr(source._consumer, "poll", lambda **kwargs: (_ for _ in ()).throw(IllegalStateError("bug")))
+    with pytest.raises(IllegalStateError):
+        source.poll(4, 0.5)
+    monkeypatch.setattr(source._consumer, "poll", real_poll)
+    source.close()
 
 
 def test_a_step_three_times_longer_than_max_poll_interval_keeps_the_membership(kafka_broker, kafka_topic):
