@@ -346,6 +346,8 @@ def test_a_retriable_error_out_of_the_consumer_poll_is_an_outage_not_a_crash(kaf
         raise KafkaConnectionError("111 ECONNREFUSED")
 
     monkeypatch.setattr(source._consumer, "poll", refused)
+    # The broker is really up: the keepalive thread's health check would clear the problem again.
+    monkeypatch.setattr(source, "check_health", lambda: None)
     started = time.monotonic()
     assert source.poll(4, 0.5) == [] and "unreachable" in source.problem()
     assert time.monotonic() - started >= 0.4, "waits out the poll timeout instead of spinning"
