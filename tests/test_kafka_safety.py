@@ -345,9 +345,11 @@ def test_a_retriable_error_out_of_the_consumer_poll_is_an_outage_not_a_crash(kaf
     def refused(**kwargs):
         raise KafkaConnectionError("111 ECONNREFUSED")
 
-    monkeypatch.setattr(source._consumer, "poll", refused)
     # The broker is really up: the keepalive thread's health check would clear the problem again.
-    monkeypatch.setattr(source, "check_health", lambda: None)
+    # Stopping the thread (not patching check_health, which a call already in flight would miss)
+    # leaves no other writer of the problem.
+    source._keepalive.stop()
+    monkeypatch.setattr(source._consumer, "poll", refused)
     started = time.monotonic()
     assert source.poll(4, 0.5) == [] and "unreachable" in source.problem()
     assert time.monotonic() - started >= 0.4, "waits out the poll timeout instead of spinning"
