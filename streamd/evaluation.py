@@ -95,42 +95,21 @@ def backward_transfer(R: Sequence[Sequence[float]]) -> float:
 
 
 # Evaluating a learner ------------------------------------------------------------------------------
-def _task_masks(learner: "Learner"):
-    """The plugin that keeps per-task masks (one with ``use_task``, e.g. ExSSNeT), if any."""
-    return next((p for p in learner.plugins if hasattr(p, "use_task")), None)
-
-
-def embed_task(learner: "Learner", images: torch.Tensor, task: int) -> torch.Tensor:
-    """Features of ``images`` of ``task``. Learners with per-task masks see each task through its
-    own mask; unseen tasks use the current one."""
-    masks = _task_masks(learner)
-    if masks is None:
-        return learner.embed(images)
-    masks.use_task(learner, min(task, learner.task))
-    try:
-        return learner.embed(images)
-    finally:
-        masks.use_task(learner, learner.task)
-
-
 def embed_unknown_task(learner: "Learner", images: torch.Tensor, chunk: int = INFER_CHUNK) -> torch.Tensor:
     """Features of ``images`` whose task is not given: a learner with per-task masks infers the task
     of each chunk of ``chunk`` images (one chunk is assumed to come from one task, as in SupSup's
     one-batch inference) and embeds the chunk through that task's mask."""
-    masks = _task_masks(learner)
-    if masks is None:
+    if learner.task_masks is None:
         return learner.embed(images)
-    return torch.cat([embed_task(learner, part, masks.infer_task(learner, part)) for part in images.split(chunk)])
+    return torch.cat([learner.embed(part, task=learner.infer_task(part)) for part in images.split(chunk)])
 
 
 def task_inference_accuracy(learner: "Learner", splits: Sequence[tuple["Task", "Task"]],
                             chunk: int = INFER_CHUNK) -> float | None:
     """Share of test chunks whose task a mask learner infers correctly; None without masks."""
-    masks = _task_masks(learner)
-    if masks is None:
+    if learner.task_masks is None:
         return None
-    hits = [masks.infer_task(learner, part) == j for j, (_, test) in enumerate(splits)
-            for part in test.images.split(chunk)]
+    hits = [learner.infer_task(part) == j for j, (_, test) in enumerate(splits) for part in test.images.split(chunk)]
     return sum(hits) / len(hits)
 
 
@@ -144,11 +123,11 @@ def accuracy_row(learner: "Learner", splits: Sequence[tuple["Task", "Task"]], se
     the test images' task is not given, so a mask learner has to infer it (``embed_unknown_task``).
     """
     classify = {"knn": knn_accuracy, "linear": linear_probe_accuracy}[classifier]
-    train = [(embed_task(learner, tr.images, j), tr.labels) for j, (tr, _) in enumerate(splits)]
+    train = [(learner.embed(tr.images, task=j), tr.labels) for j, (tr, _) in enumerate(splits)]
     bank = (torch.cat([f for f, _ in train[: seen + 1]]), torch.cat([y for _, y in train[: seen + 1]]))
     row = []
     for j, (_, test) in enumerate(splits):
         feats, labels = train[j] if mode == "aware" else bank
-        test_feats = embed_task(learner, test.images, j) if mode == "aware" else embed_unknown_task(learner, test.images)
+        test_feats = learner.embed(test.images, task=j) if mode == "aware" else embed_unknown_task(learner, test.images)
         row.append(classify(feats, labels, test_feats, test.labels))
     return row

@@ -42,7 +42,7 @@ def backward_flops(learner, images: torch.Tensor) -> int:
             out = objective(*batch.views)
             total = out.loss
             for p in learner.plugins:
-                total = total + sum(p.extra_loss(learner, batch, out).values())
+                total = total + sum(p.extra_loss(learner.context, batch, out).values())
         with FlopCounterMode(display=False) as counter:
             total.backward()
     for p in learner.trainable_parameters():

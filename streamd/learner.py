@@ -7,7 +7,7 @@ RNG included, saves and restores so that a restored learner takes the same next 
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -16,23 +16,8 @@ from models.encoders import EncoderSpec, build_encoder
 from models.objectives import Objective, ObjectiveOutput, build_objective
 from streamd.augment import Preprocess, TwoViewAugment
 from streamd.optim import OptimConfig, build_optimizer, build_scheduler
-from streamd.plugins import Plugin
-
-
-@dataclass
-class Batch:
-    images: torch.Tensor                   # uint8 (N,C,H,W): stream rows first, then replayed rows
-    labels: torch.Tensor                   # int64, -1 where no label arrived
-    tasks: torch.Tensor                    # int64 task id of each row
-    n_stream: int                          # rows that came from the stream
-    views: tuple[torch.Tensor, torch.Tensor] | None = None
-
-    def extended(self, images, labels, tasks, views) -> "Batch":
-        """This batch plus replayed rows (their views augmented by the caller)."""
-        cat = torch.cat
-        return replace(self, images=cat([self.images, images]), labels=cat([self.labels, labels]),
-                       tasks=cat([self.tasks, tasks]),
-                       views=(cat([self.views[0], views[0]]), cat([self.views[1], views[1]])))
+from streamd.plugins import Plugin, TaskMasks, build_plugins
+from streamd.plugins.context import Batch, PluginContext
 
 
 @dataclass
@@ -58,6 +43,8 @@ class Learner:
         self.augment = augment.to(self.device)
         self.preprocess = Preprocess().to(self.device)
         self.plugins = plugins
+        self.context = PluginContext(self)          # all that the plugins' hooks see
+        self.task_masks = next((p for p in plugins if isinstance(p, TaskMasks)), None)
         self.optim_cfg = optim or OptimConfig()
         on_gpu = self.device.type == "cuda"
         self.amp_dtype = torch.bfloat16 if (amp == "bf16" or (amp == "auto" and on_gpu)) else None
@@ -70,7 +57,7 @@ class Learner:
         self._task_ended = False
         self.last_batch_rows = 0          # rows of the last step after replay (FLOP accounting)
         for p in plugins:
-            p.setup(self)
+            p.setup(self.context)
         self.optimizer = build_optimizer(self.trainable_parameters(), self.optim_cfg)
         self.scheduler = build_scheduler(self.optimizer, self.optim_cfg)
         self._forward = torch.compile(self.objective) if compile else self.objective
@@ -107,12 +94,12 @@ class Learner:
         self.end_task()
         self.task = task
         for p in self.plugins:
-            p.on_task_start(self, task)
+            p.on_task_start(self.context, task)
 
     def end_task(self) -> None:
         if self.task >= 0 and not self._task_ended:
             for p in self.plugins:
-                p.on_task_end(self, self.task)
+                p.on_task_end(self.context, self.task)
         self._task_ended = True
 
     # Training ------------------------------------------------------------------------------
@@ -144,12 +131,12 @@ class Learner:
         batch.views = self.views_of(batch.images)
         with self.autocast():
             for p in self.plugins:
-                batch = p.before_step(self, batch)
+                batch = p.before_step(self.context, batch)
             self.last_batch_rows = len(batch.images)
             out: ObjectiveOutput = self._forward(*batch.views)
             terms = {"ssl": out.loss}
             for p in self.plugins:
-                terms.update(p.extra_loss(self, batch, out))
+                terms.update(p.extra_loss(self.context, batch, out))
             total = sum(terms.values())
         self.optimizer.zero_grad(set_to_none=True)
         if not bool(torch.isfinite(total)):
@@ -162,15 +149,31 @@ class Learner:
         self.scheduler.step()
         self.objective.after_optimizer_step()
         for p in self.plugins:
-            p.after_step(self, batch, out)
+            p.after_step(self.context, batch, out)
         self.step_count += 1
         return StepResult(float(total.detach()), terms={k: float(v.detach()) for k, v in terms.items()})
 
     # Inference -----------------------------------------------------------------------------
+    def embed(self, images: torch.Tensor, task: int | None = None, batch_size: int = 512,
+              encoder: nn.Module | None = None) -> torch.Tensor:
+        """Encoder features of uint8 images (eval mode, no augmentation), on the CPU.
+
+        With per-task masks, ``task`` picks the mask (a task not seen yet uses the current one);
+        without, it changes nothing."""
+        if task is None or self.task_masks is None:
+            return self._features(images, batch_size, encoder or self.encoder)
+        self.task_masks.use_task(self.context, min(task, self.task))
+        try:
+            return self._features(images, batch_size, encoder or self.encoder)
+        finally:
+            self.task_masks.use_task(self.context, self.task)
+
+    def infer_task(self, images: torch.Tensor) -> int | None:
+        """The known task a batch of images most likely comes from; None without per-task masks."""
+        return None if self.task_masks is None else self.task_masks.infer_task(self.context, images)
+
     @torch.no_grad()
-    def embed(self, images: torch.Tensor, batch_size: int = 512, encoder: nn.Module | None = None) -> torch.Tensor:
-        """Encoder features of uint8 images (eval mode, no augmentation), on the CPU."""
-        encoder = encoder or self.encoder
+    def _features(self, images: torch.Tensor, batch_size: int, encoder: nn.Module) -> torch.Tensor:
         was_training = encoder.training
         encoder.eval()
         feats = []
@@ -212,6 +215,8 @@ class Learner:
         torch.set_rng_state(state["rng"]["torch"])
         if "cuda" in state["rng"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+        for p in self.plugins:
+            p.after_restore(self.context)
 
 
 def build_learner(arch: str = "resnet18", image_size: int = 32, objective: str = "simsiam",
@@ -219,8 +224,6 @@ def build_learner(arch: str = "resnet18", image_size: int = 32, objective: str =
                   plugin_options: dict[str, dict] | None = None, augment_kwargs: dict | None = None,
                   encoder_kwargs: dict | None = None, **learner_kwargs) -> Learner:
     """One call from configuration values to a ready learner."""
-    from streamd.plugins import build_plugins
-
     encoder = build_encoder(EncoderSpec(arch, image_size, kwargs=encoder_kwargs or {}))
     obj = build_objective(objective, encoder, **(objective_kwargs or {}))
     augment = TwoViewAugment(image_size, **(augment_kwargs or {}))

@@ -23,7 +23,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from streamd.evaluation import embed_task, knn_accuracy
+from streamd.evaluation import knn_accuracy
 from streamd.metrics import Metrics
 from streamd.similarity import linear_cka
 
@@ -88,7 +88,7 @@ class Prober:
     def on_task_end(self, learner, task: int) -> None:
         """Remembers the features of the task's probe set at its end: the drift reference."""
         if task in self.sets and len(self.sets[task]["images"]):
-            self.reference[task] = embed_task(learner, self.sets[task]["images"], task)
+            self.reference[task] = learner.embed(self.sets[task]["images"], task=task)
 
     def maybe_measure(self, learner, step: int, force: bool = False) -> dict | None:
         if not self.sets or (not force and step - self.last_step < self.every_steps):
@@ -99,7 +99,7 @@ class Prober:
         for task, probe in self.sets.items():
             if not len(probe["images"]):
                 continue
-            feats = embed_task(learner, probe["images"], task)
+            feats = learner.embed(probe["images"], task=task)
             acc = _knn_on_probe(feats, probe["labels"])
             if acc is not None:
                 accuracy[task] = acc

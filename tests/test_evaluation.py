@@ -71,12 +71,11 @@ def test_backward_transfer_by_hand():
 
 
 class FlatLearner:
-    """Just what accuracy_row needs: features are the flattened images; optional per-task masks."""
+    """Just what accuracy_row needs: features are the flattened images; no per-task masks."""
 
-    def __init__(self, plugins=()):
-        self.plugins, self.task = list(plugins), 1
+    task_masks = None
 
-    def embed(self, images):
+    def embed(self, images, task=None):
         return images.flatten(1).float()
 
 
@@ -96,39 +95,33 @@ def test_task_aware_and_agnostic_rows():
     assert accuracy_row(learner, splits, seen=1, mode="agnostic", classifier="linear") == [1.0, 1.0]
 
 
-def test_per_task_masks_are_used_for_each_task_and_restored():
-    class Masks:
-        def __init__(self):
-            self.calls = []
+def test_aware_rows_embed_each_task_through_its_own_task():
+    class TaskRecorder(FlatLearner):
+        tasks = []
 
-        def use_task(self, learner, t):
-            self.calls.append(t)
+        def embed(self, images, task=None):
+            self.tasks.append(task)
+            return super().embed(images)
 
-    masks = Masks()
-    accuracy_row(FlatLearner([masks]), toy_splits(), seen=1)
-    used = masks.calls[0::2]
-    assert sorted(set(used)) == [0, 1] and set(masks.calls[1::2]) == {1}
-
-
-class SignMasks:
-    """Per-task 'masks' that flip a task-specific set of feature signs; ``infer`` plays the task inference."""
-
-    def __init__(self, infer):
-        self.infer, self.active = infer, 1
-
-    def use_task(self, learner, t):
-        self.active = t
-
-    def infer_task(self, learner, images):
-        return self.infer(images)
-
-    def signs(self):
-        return torch.randint(0, 2, (8,), generator=torch.Generator().manual_seed(self.active)) * 2 - 1
+    learner = TaskRecorder()
+    accuracy_row(learner, toy_splits(), seen=1)
+    assert learner.tasks == [0, 1, 0, 1]      # train features of tasks 0 and 1, then each test set
 
 
 class MaskedFlatLearner(FlatLearner):
-    def embed(self, images):
-        return images.flatten(1).float() * self.plugins[0].signs()
+    """Per-task 'masks' that flip a task-specific set of feature signs; ``infer`` plays the task inference."""
+
+    task_masks = "signs"
+
+    def __init__(self, infer):
+        self.infer = infer
+
+    def infer_task(self, images):
+        return self.infer(images)
+
+    def embed(self, images, task=None):
+        signs = torch.randint(0, 2, (8,), generator=torch.Generator().manual_seed(1 if task is None else task)) * 2 - 1
+        return images.flatten(1).float() * signs
 
 
 @pytest.mark.parametrize("infer, expected", [(lambda images: 0 if images.mean() < 10 else 1, 1.0),
@@ -138,7 +131,7 @@ def test_agnostic_rows_embed_test_chunks_through_the_inferred_task_mask(infer, e
     for j, (_, test) in enumerate(splits):   # tell the true task apart by an offset the inference can see
         test.images += 100 * j
         splits[j][0].images += 100 * j
-    learner = MaskedFlatLearner([SignMasks(infer)])
+    learner = MaskedFlatLearner(infer)
     assert task_inference_accuracy(learner, splits) == expected
     row = accuracy_row(learner, splits, seen=1, mode="agnostic")
     if expected == 1.0:

@@ -99,7 +99,7 @@ def test_freezing_follows_the_cka_of_each_block():
     unchanged = run_two_tasks(still_learner(threshold=0.8, max_new_blocks=5, decide_after=1))
     cka = unchanged.history[-1]["cka"]
     assert cka == pytest.approx([1.0] * 5, abs=1e-9)
-    assert unchanged.learner.encoder.frozen_blocks == 4          # all but the last block
+    assert unchanged.ctx.encoder.frozen_blocks == 4          # all but the last block
 
     def redraw_layer2(encoder):  # as if task 1 had rewritten layer2 completely
         with torch.no_grad():
@@ -110,7 +110,7 @@ def test_freezing_follows_the_cka_of_each_block():
     changed = run_two_tasks(still_learner(threshold=0.8, max_new_blocks=5, decide_after=1), redraw_layer2)
     cka = changed.history[-1]["cka"]
     assert cka[0] > 0.8 and cka[1] > 0.8 and cka[2] < 0.8, cka
-    assert changed.learner.encoder.frozen_blocks == 2            # stem and layer1: the prefix that passed
+    assert changed.ctx.encoder.frozen_blocks == 2            # stem and layer1: the prefix that passed
     assert changed.metrics()["frozen_blocks"] == 2.0
 
 

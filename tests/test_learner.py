@@ -9,7 +9,7 @@ import torch
 from cl_fixtures import assert_same_next_step, images, tiny_learner, train
 from streamd.learner import Learner
 from streamd.optim import OptimConfig, build_optimizer, build_scheduler
-from streamd.plugins import Plugin
+from streamd.plugins import Plugin, TaskMasks
 
 
 @pytest.mark.parametrize("strategy,objective", [("finetune", "simsiam"), ("finetune", "byol"),
@@ -38,7 +38,7 @@ class PoisonPlugin(Plugin):
     def __init__(self):
         self.active = False
 
-    def extra_loss(self, learner, batch, out):
+    def extra_loss(self, ctx, batch, out):
         return {"poison": torch.tensor(float("nan"))} if self.active else {}
 
 
@@ -102,3 +102,37 @@ def test_a_single_image_trains_a_real_step(objective):
     result = learner.step(images(n=1, seed=5), torch.tensor([3]))
     assert not result.skipped and math.isfinite(result.loss) and learner.step_count == 1
     assert any(not torch.equal(b, p) for b, p in zip(before, learner.encoder.parameters()))
+
+
+class RecordingMasks(TaskMasks):
+    """Per-task 'masks' that record which task the encoder is switched to, and when restored."""
+
+    name = "recording_masks"
+
+    def __init__(self):
+        self.switched, self.restored = [], 0
+
+    def use_task(self, ctx, task):
+        self.switched.append(task)
+
+    def infer_task(self, ctx, images):
+        return 7
+
+    def after_restore(self, ctx):
+        self.restored += 1
+
+
+def test_embed_routes_a_given_task_through_the_masks_and_switches_back(tmp_path):
+    masks = RecordingMasks()
+    base = tiny_learner("finetune")
+    learner = Learner(base.objective, base.augment, [masks], device="cpu")
+    train(learner, 0, 1)
+    train(learner, 1, 1)
+    learner.embed(images(n=4))
+    assert masks.switched == []                           # no task given: the mask in use
+    learner.embed(images(n=4), task=0)
+    learner.embed(images(n=4), task=5)                    # not seen yet: the current task's mask
+    assert masks.switched == [0, 1, 1, 1]                 # each switch is followed by a switch back
+    assert learner.infer_task(images(n=4)) == 7 and base.infer_task(images(n=4)) is None
+    learner.load_state_dict(learner.state_dict())
+    assert masks.restored == 1                            # after the whole state is back

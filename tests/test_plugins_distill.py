@@ -66,7 +66,7 @@ def test_cassle_gradient_reaches_the_current_encoder_only():
     train(learner, 0, 2)
     learner.begin_task(1)
     batch, out = forward_batch(learner)
-    plugin.extra_loss(learner, batch, out)["cassle"].backward()
+    plugin.extra_loss(learner.context, batch, out)["cassle"].backward()
     assert all(p.grad is None for p in plugin.frozen.parameters())
     assert sum(float(p.grad.abs().sum()) for p in learner.encoder.parameters() if p.grad is not None) > 0
 
@@ -82,13 +82,13 @@ def test_cassle_loss_is_at_its_minimum_when_current_equals_previous(objective, m
     plugin.predictor = nn.Identity()
     learner.objective.eval()  # the frozen copy runs in eval mode; so must the current model here
     batch, out = forward_batch(learner)
-    assert abs(plugin.extra_loss(learner, batch, out)["cassle"].item() - minimum) < 1e-5
+    assert abs(plugin.extra_loss(learner.context, batch, out)["cassle"].item() - minimum) < 1e-5
 
     with torch.no_grad():
         for p in learner.encoder.parameters():
             p.add_(0.1 * torch.randn_like(p))
     batch, out = forward_batch(learner)
-    assert plugin.extra_loss(learner, batch, out)["cassle"].item() > minimum + 1e-3
+    assert plugin.extra_loss(learner.context, batch, out)["cassle"].item() > minimum + 1e-3
 
 
 @pytest.mark.parametrize("objective", sorted(OBJECTIVES))
@@ -118,13 +118,13 @@ def test_kaizen_cross_entropy_ignores_unlabelled_rows():
     plugin = learner.plugin("kaizen")
     labels = torch.tensor([3, -1, 5, -1, -1, 7, 0, -1, 9, -1, -1, -1, 2, -1, 4, -1])
     batch, out = forward_batch(learner, labels)
-    ce = plugin.extra_loss(learner, batch, out)["kaizen_ce"]
+    ce = plugin.extra_loss(learner.context, batch, out)["kaizen_ce"]
 
     unlabelled = (labels == -1).repeat(2)
     feats = torch.cat(out.feats).detach().clone()
     feats[unlabelled] = 100 * torch.randn_like(feats[unlabelled])
     scrambled = dataclasses.replace(out, feats=feats.chunk(2))
-    assert torch.equal(plugin.extra_loss(learner, batch, scrambled)["kaizen_ce"], ce)
+    assert torch.equal(plugin.extra_loss(learner.context, batch, scrambled)["kaizen_ce"], ce)
 
     labelled = ~unlabelled
     expected = F.cross_entropy(plugin.classifier(feats[labelled]), labels.repeat(2)[labelled])
@@ -136,7 +136,7 @@ def test_kaizen_without_any_label_gives_exactly_zero_cross_entropy():
     plugin = learner.plugin("kaizen")
     none = torch.full((16,), -1)
     batch, out = forward_batch(learner, none)
-    assert plugin.extra_loss(learner, batch, out)["kaizen_ce"].item() == 0.0
+    assert plugin.extra_loss(learner.context, batch, out)["kaizen_ce"].item() == 0.0
     result = learner.step(images(seed=3), none)
     assert not result.skipped and result.terms["kaizen_ce"] == 0.0 and math.isfinite(result.loss)
 
@@ -164,7 +164,7 @@ def test_kaizen_distils_the_classifier_and_replays_earlier_tasks_after_a_boundar
     assert all(torch.equal(frozen_classifier[k], v) for k, v in plugin.frozen["classifier"].state_dict().items())
 
     batch, out = forward_batch(learner, labels)
-    distill = plugin.extra_loss(learner, batch, out)["kaizen_classifier_distill"]
+    distill = plugin.extra_loss(learner.context, batch, out)["kaizen_classifier_distill"]
     grads = torch.autograd.grad(distill, list(learner.encoder.parameters()), allow_unused=True)
     assert all(g is None for g in grads), "the classifier sees detached features only"
 

@@ -9,14 +9,12 @@ from streamd.probe import Prober, read_history
 
 class StubLearner:
     """Features we control: 'good' = mean brightness per channel (separates dark from bright
-    images), 'forgotten' = noise. embed_task calls ``embed`` when no plugin has per-task masks."""
-
-    plugins = []
+    images), 'forgotten' = noise."""
 
     def __init__(self):
         self.task, self.mode = 0, "good"
 
-    def embed(self, imgs):
+    def embed(self, imgs, task=None):
         if self.mode == "good":
             return imgs.float().mean((2, 3)) - 127.5
         return torch.randn(len(imgs), 3, generator=torch.Generator().manual_seed(len(imgs)))

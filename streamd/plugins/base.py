@@ -11,40 +11,57 @@ from torch import nn
 
 if TYPE_CHECKING:
     from models.objectives import ObjectiveOutput
-    from streamd.learner import Batch, Learner
+    from streamd.plugins.context import Batch, PluginContext
 
 
 class Plugin:
     name: str = "plugin"
 
-    def setup(self, learner: "Learner") -> None:
+    def setup(self, ctx: "PluginContext") -> None:
         """Once, before the optimizer is built: create modules here so their params are optimized."""
 
     def trainable_modules(self) -> list[nn.Module]:
         return []
 
-    def on_task_start(self, learner: "Learner", task: int) -> None: ...
+    def on_task_start(self, ctx: "PluginContext", task: int) -> None: ...
 
-    def on_task_end(self, learner: "Learner", task: int) -> None: ...
+    def on_task_end(self, ctx: "PluginContext", task: int) -> None: ...
 
-    def before_step(self, learner: "Learner", batch: "Batch") -> "Batch":
+    def before_step(self, ctx: "PluginContext", batch: "Batch") -> "Batch":
         """Add replayed rows or mix views; ``batch.views`` already holds the augmented views."""
         return batch
 
-    def extra_loss(self, learner: "Learner", batch: "Batch", out: "ObjectiveOutput") -> dict[str, torch.Tensor]:
+    def extra_loss(self, ctx: "PluginContext", batch: "Batch", out: "ObjectiveOutput") -> dict[str, torch.Tensor]:
         """Named loss terms added to the SSL loss (distillation, regularization, ...)."""
         return {}
 
-    def after_step(self, learner: "Learner", batch: "Batch", out: "ObjectiveOutput") -> None: ...
+    def after_step(self, ctx: "PluginContext", batch: "Batch", out: "ObjectiveOutput") -> None: ...
 
     def state_dict(self) -> dict:
         return {}
 
-    def load_state_dict(self, state: dict) -> None: ...
+    def load_state_dict(self, state: dict) -> None:
+        """Before the learner's weights load: rebuild the modules the saved weights then fill."""
+
+    def after_restore(self, ctx: "PluginContext") -> None:
+        """After the whole learner state (weights, optimizer, frozen prefix) is back."""
 
     def metrics(self) -> dict[str, float]:
         """Gauges worth exporting (buffer size, frozen blocks, ...)."""
         return {}
+
+
+class TaskMasks(Plugin):
+    """A plugin that keeps one mask per task (ExSSNeT): ``Learner.embed(images, task=t)`` sees a
+    task through its own mask, and a batch of unknown task is routed by ``infer_task``."""
+
+    def use_task(self, ctx: "PluginContext", task: int) -> None:
+        """Switch the encoder to ``task``'s mask until the next training step."""
+        raise NotImplementedError
+
+    def infer_task(self, ctx: "PluginContext", images: torch.Tensor) -> int:
+        """The known task a batch of images most likely comes from."""
+        raise NotImplementedError
 
 
 PLUGINS: dict[str, Callable[..., Plugin]] = {}

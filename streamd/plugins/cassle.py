@@ -27,17 +27,17 @@ class CassleDistill(Plugin):
         self.predictor_hidden = predictor_hidden
         self.frozen: nn.ModuleDict | None = None
 
-    def setup(self, learner):
-        self.objective = learner.objective
-        d = projection_dim(learner.objective.projector)
+    def setup(self, ctx):
+        self.objective = ctx.objective
+        d = projection_dim(ctx.objective.projector)
         self.predictor = mlp([d, self.predictor_hidden, d])
 
     def trainable_modules(self):
         return [self.predictor]
 
-    def on_task_start(self, learner, task):
+    def on_task_start(self, ctx, task):
         # Only once something was learnt: a stream that starts at task 3 has no previous model.
-        if learner.step_count > 0:
+        if ctx.step_count > 0:
             self.freeze_previous()
 
     def frozen_modules(self) -> dict[str, nn.Module]:
@@ -61,7 +61,7 @@ class CassleDistill(Plugin):
         loss = sum(self.objective.distill_loss(p, f) for p, f in zip(predicted, frozen)) / 2
         return self.weight * loss
 
-    def extra_loss(self, learner, batch, out):
+    def extra_loss(self, ctx, batch, out):
         if self.frozen is None:
             return {}
         _, frozen_projections = self.frozen_forward(batch.views)

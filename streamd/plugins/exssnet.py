@@ -15,7 +15,7 @@ A task runs through phases, counted in steps because a stream's length is unknow
   bit-identical (momentum and weight decay included).
 
 A task id seen before reuses its slot with the encoder fixed (its weights are now shared).
-Inference: ``use_task(learner, task)`` when the task id is known (e.g. from a header), else
+Inference: ``use_task(ctx, task)`` when the task id is known (e.g. from a header), else
 ``infer_task`` picks a slot for a batch of images. SupSup's one-shot entropy gradient needs a
 classifier's outputs, which SSL has not, so by default (``infer_by="features"``) each task keeps
 a Gaussian of its features under its own mask (fitted at its end on a reservoir of its stream
@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from models.objectives import MomentumObjective
 from models.supermask import add_slot, masked_layers, num_slots, to_supermask, use_slot
 from streamd.feature_density import FeatureGaussian
-from streamd.plugins.base import Plugin, register
+from streamd.plugins.base import TaskMasks, register
 from streamd.replay_buffer import ReservoirBuffer
 
 PHASES = ("select", "scores", "weights", "fixed")
@@ -55,7 +55,7 @@ def knn_loo_accuracy(feats: torch.Tensor, labels: torch.Tensor, k: int = 10) -> 
 
 
 @register("exssnet")
-class ExSSNeTPlugin(Plugin):
+class ExSSNeTPlugin(TaskMasks):
     def __init__(self, density: float = 0.1, score_steps: int = 100, select_batches: int = 2, knn_k: int = 10,
                  infer_by: str = "features", inference_images: int = 256):
         if infer_by not in INFER_BY:
@@ -74,26 +74,25 @@ class ExSSNeTPlugin(Plugin):
         self.steps_in_phase = 0
         self.kept: list[tuple[torch.Tensor, torch.Tensor]] = []   # (uint8 images, labels) for KKT
         self.history: list[dict] = []          # KKT decisions: task, candidate slots, scores, chosen
-        self.flags_stale = False               # requires_grad flags to re-apply at the next step
 
     # Setup and task boundaries ------------------------------------------------------------------
-    def setup(self, learner):
-        self.learner = learner
-        to_supermask(learner.encoder, self.density)
+    def setup(self, ctx):
+        self.ctx = ctx
+        to_supermask(ctx.encoder, self.density)
         self._rebuild_target()
         self._apply_phase()
 
     def _rebuild_target(self) -> None:
-        if isinstance(self.learner.objective, MomentumObjective):
-            self.learner.objective.build_target()  # the EMA copy must have the same slots
+        if isinstance(self.ctx.objective, MomentumObjective):
+            self.ctx.objective.build_target()  # the EMA copy must have the same slots
 
-    def on_task_start(self, learner, task):
+    def on_task_start(self, ctx, task):
         if task in self.slots:
             self.slot, phase = self.slots[task], "fixed"
         else:
             self.slot = len(self.slots)
-            if self.slot >= num_slots(learner.encoder):
-                add_slot(learner.encoder)
+            if self.slot >= num_slots(ctx.encoder):
+                add_slot(ctx.encoder)
                 self._rebuild_target()
             self.slots[task] = self.slot
             phase = "select" if self.slot > 0 else "scores"
@@ -101,23 +100,23 @@ class ExSSNeTPlugin(Plugin):
         self.task_images = ReservoirBuffer(self.inference_images, seed=self.slot)
         self._enter(phase)
 
-    def on_task_end(self, learner, task):
+    def on_task_end(self, ctx, task):
         """The slot's features are final now (its weights are never trained again): fit its Gaussian."""
         if self._described(self.slot):
-            self.gaussians[self.slot] = self._gaussian(learner, self.slot)
+            self.gaussians[self.slot] = self._gaussian(ctx, self.slot)
 
-    def _fit_gaussian(self, learner, slot: int) -> FeatureGaussian:
-        return FeatureGaussian.fit(self._features(learner, self.task_images.images[: len(self.task_images)], slot))
+    def _fit_gaussian(self, ctx, slot: int) -> FeatureGaussian:
+        return FeatureGaussian.fit(self._features(ctx, self.task_images.images[: len(self.task_images)], slot))
 
     def _enter(self, phase: str) -> None:
         self.phase, self.steps_in_phase = phase, 0
         self._apply_phase()
-        self.learner.rebuild_optimizer()
+        self.ctx.rebuild_optimizer()
 
     def _apply_phase(self) -> None:
         """Which encoder tensors learn in this phase (the heads always do)."""
-        use_slot(self.learner.objective, self.slot)
-        for layer in masked_layers(self.learner.encoder):
+        use_slot(self.ctx.objective, self.slot)
+        for layer in masked_layers(self.ctx.encoder):
             layer.weight.requires_grad_(self.phase == "weights")
             layer.restrict_learning(None)
             for i, scores in enumerate(layer.scores):
@@ -127,40 +126,37 @@ class ExSSNeTPlugin(Plugin):
         """Phase 2 region: this slot's mask minus every other trained slot's mask."""
         others = [s for s in self.slots.values() if s != self.slot]
         with torch.no_grad():
-            for layer in masked_layers(self.learner.encoder):
+            for layer in masked_layers(self.ctx.encoder):
                 region = layer.mask(self.slot).bool()
                 for s in others:
                     region &= ~layer.mask(s).bool()
                 layer.restrict_learning(region)
 
     # Steps -------------------------------------------------------------------------------------
-    def before_step(self, learner, batch):
-        if self.flags_stale:
-            self._apply_phase()
-            self.flags_stale = False
-        use_slot(learner.objective, self.slot)  # evaluation may have switched slots
-        if self.phase == "weights" and masked_layers(learner.encoder)[0].region is None:
+    def before_step(self, ctx, batch):
+        use_slot(ctx.objective, self.slot)  # evaluation may have switched slots
+        if self.phase == "weights" and masked_layers(ctx.encoder)[0].region is None:
             self._restrict_to_free_weights()    # lazily: also right after a restore
         return batch
 
-    def after_step(self, learner, batch, out):
+    def after_step(self, ctx, batch, out):
         self.steps_in_phase += 1
         n = batch.n_stream
         if self.phase != "fixed":
             self.task_images.add(batch.images[:n], batch.labels[:n], batch.tasks[:n])
         if self.phase == "weights":
-            for layer in masked_layers(learner.encoder):
+            for layer in masked_layers(ctx.encoder):
                 layer.reset_outside_region()
         elif self.phase == "select":
             self.kept.append((batch.images[:n].cpu(), batch.labels[:n].cpu()))
             if len(self.kept) >= self.select_batches:
-                self.select(learner)
+                self.select(ctx)
                 self._enter("scores")
         elif self.phase == "scores" and self.steps_in_phase >= self.score_steps:
             self._enter("weights")
 
     # KKT ---------------------------------------------------------------------------------------
-    def select(self, learner) -> int:
+    def select(self, ctx) -> int:
         """Copies the best-fitting earlier slot's scores into the current slot; returns that slot."""
         images = torch.cat([i for i, _ in self.kept])
         labels = torch.cat([lab for _, lab in self.kept])
@@ -168,75 +164,75 @@ class ExSSNeTPlugin(Plugin):
         labelled = labels >= 0
         by_knn = 2 * int(labelled.sum()) >= len(labels) and int(labelled.sum()) > 2
         if by_knn:
-            fits = [knn_loo_accuracy(self._features(learner, images[labelled], s), labels[labelled], self.knn_k)
+            fits = [knn_loo_accuracy(self._features(ctx, images[labelled], s), labels[labelled], self.knn_k)
                     for s in candidates]
             best = candidates[max(range(len(fits)), key=fits.__getitem__)]
         else:
-            rule, fits = self.unlabelled_fits(learner, images, candidates)
+            rule, fits = self.unlabelled_fits(ctx, images, candidates)
             best = candidates[min(range(len(fits)), key=fits.__getitem__)]
         with torch.no_grad():
-            for layer in masked_layers(learner.encoder):
+            for layer in masked_layers(ctx.encoder):
                 layer.scores[self.slot].copy_(layer.scores[best])
-        self.history.append({"task": learner.task, "candidates": candidates, "fits": fits, "chosen": best,
+        self.history.append({"task": ctx.task, "candidates": candidates, "fits": fits, "chosen": best,
                              "by": "knn" if by_knn else rule})
         self.kept = []
         return best
 
-    def _features(self, learner, images: torch.Tensor, slot: int) -> torch.Tensor:
-        use_slot(learner.objective, slot)
+    def _features(self, ctx, images: torch.Tensor, slot: int) -> torch.Tensor:
+        use_slot(ctx.objective, slot)
         try:
-            return learner.embed(images)
+            return ctx.embed(images)
         finally:
-            use_slot(learner.objective, self.slot)
+            use_slot(ctx.objective, self.slot)
 
     @torch.no_grad()
-    def ssl_losses(self, learner, images: torch.Tensor, slots: list[int]) -> list[float]:
+    def ssl_losses(self, ctx, images: torch.Tensor, slots: list[int]) -> list[float]:
         """Eval-mode SSL loss of each slot on the same two views of ``images`` (no state changes)."""
-        objective = learner.objective
+        objective = ctx.objective
         was_training = objective.training
-        devices = [learner.device] if learner.device.type == "cuda" else []
+        devices = [ctx.device] if ctx.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
-            views = learner.views_of(images.to(learner.device))
+            views = ctx.views_of(images.to(ctx.device))
         objective.eval()
         losses = []
         for s in slots:
             use_slot(objective, s)
-            with learner.autocast():
+            with ctx.autocast():
                 losses.append(float(objective(*views).loss))
         use_slot(objective, self.slot)
         objective.train(was_training)
         return losses
 
     # Inference ---------------------------------------------------------------------------------
-    def use_task(self, learner, task: int) -> None:
+    def use_task(self, ctx, task: int) -> None:
         """Evaluate with ``task``'s own mask and BN statistics (the next training step switches back)."""
-        use_slot(learner.objective, self.slots[task])
+        use_slot(ctx.objective, self.slots[task])
 
-    def infer_task(self, learner, images: torch.Tensor) -> int:
+    def infer_task(self, ctx, images: torch.Tensor) -> int:
         """The known task ``images`` most likely come from (no task header); see the module docstring."""
         tasks = [t for t, slot in sorted(self.slots.items()) if self.infer_by == "ssl_loss" or self._described(slot)]
         if not tasks:                # the first task before its first step
-            return learner.task
-        _, fits = self.unlabelled_fits(learner, images, [self.slots[t] for t in tasks])
+            return ctx.task
+        _, fits = self.unlabelled_fits(ctx, images, [self.slots[t] for t in tasks])
         return tasks[min(range(len(tasks)), key=fits.__getitem__)]
 
-    def unlabelled_fits(self, learner, images: torch.Tensor, slots: list[int]) -> tuple[str, list[float]]:
+    def unlabelled_fits(self, ctx, images: torch.Tensor, slots: list[int]) -> tuple[str, list[float]]:
         """The rule used and each slot's misfit to ``images`` (lower = better) without labels."""
         if self.infer_by == "features" and all(self._described(s) for s in slots):
-            return "features", [self._gaussian(learner, s).score(self._features(learner, images, s)) for s in slots]
-        return "ssl", self.ssl_losses(learner, images, slots)
+            return "features", [self._gaussian(ctx, s).score(self._features(ctx, images, s)) for s in slots]
+        return "ssl", self.ssl_losses(ctx, images, slots)
 
     def _described(self, slot: int) -> bool:
         """Whether the slot's task has a Gaussian, or (the task in training) images to fit one on."""
         return slot in self.gaussians or (slot == self.slot and self.phase != "fixed" and len(self.task_images) >= 2)
 
-    def _gaussian(self, learner, slot: int) -> FeatureGaussian:
-        return self.gaussians[slot] if slot in self.gaussians else self._fit_gaussian(learner, slot)
+    def _gaussian(self, ctx, slot: int) -> FeatureGaussian:
+        return self.gaussians[slot] if slot in self.gaussians else self._fit_gaussian(ctx, slot)
 
     # State -------------------------------------------------------------------------------------
     def state_dict(self):
         return {"slots": dict(self.slots), "slot": self.slot, "phase": self.phase,
-                "steps_in_phase": self.steps_in_phase, "num_slots": num_slots(self.learner.encoder),
+                "steps_in_phase": self.steps_in_phase, "num_slots": num_slots(self.ctx.encoder),
                 "kept_images": [i for i, _ in self.kept], "kept_labels": [lab for _, lab in self.kept],
                 "history": self.history, "task_images": self.task_images.to_arrow(),
                 "gaussians": {slot: g.state_dict() for slot, g in self.gaussians.items()}}
@@ -244,7 +240,7 @@ class ExSSNeTPlugin(Plugin):
     def load_state_dict(self, state):
         if not state:
             return
-        encoder = self.learner.encoder
+        encoder = self.ctx.encoder
         while num_slots(encoder) < state["num_slots"]:
             add_slot(encoder)
         self._rebuild_target()
@@ -255,11 +251,14 @@ class ExSSNeTPlugin(Plugin):
         self.task_images = ReservoirBuffer.from_arrow(state["task_images"])
         self.gaussians = {slot: FeatureGaussian.from_state_dict(g) for slot, g in state["gaussians"].items()}
         self._apply_phase()
-        self.learner.rebuild_optimizer()
-        self.flags_stale = True  # Learner.load_state_dict's freeze_prefix() then marks every tensor trainable
+        self.ctx.rebuild_optimizer()
+
+    def after_restore(self, ctx):
+        """The learner's restore re-applied its frozen prefix, marking every tensor trainable."""
+        self._apply_phase()
 
     def metrics(self):
-        layers = masked_layers(self.learner.encoder)
+        layers = masked_layers(self.ctx.encoder)
         used = total = 0
         with torch.no_grad():
             for layer in layers:

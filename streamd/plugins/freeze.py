@@ -19,7 +19,6 @@ import copy
 
 import torch
 
-from streamd.flops import backward_flops
 from streamd.plugins.base import Plugin, register
 from streamd.similarity import centered_gram, cka_from_grams
 
@@ -34,17 +33,17 @@ def frozen_prefix_after(cka: list[float], frozen: int, threshold: float, max_new
 
 
 @torch.no_grad()
-def block_cka(learner, previous, images: torch.Tensor, batch_size: int = 64) -> list[float]:
+def block_cka(ctx, previous, images: torch.Tensor, batch_size: int = 64) -> list[float]:
     """Per-block linear CKA between ``previous`` and the learner's encoder (eval mode) on ``images``."""
-    current = learner.encoder
+    current = ctx.encoder
     was_training = current.training
     current.eval()
     grams = {}
     for name, encoder in (("previous", previous), ("current", current)):
         feats = [[] for _ in encoder.block_names]
         for chunk in images.split(batch_size):
-            with learner.autocast():
-                outs = encoder.forward_blocks(learner.preprocess(chunk.to(learner.device)))
+            with ctx.autocast():
+                outs = encoder.forward_blocks(ctx.preprocess(chunk.to(ctx.device)))
             for i, out in enumerate(outs):
                 feats[i].append(out.float())
         grams[name] = [centered_gram(torch.cat(f)) for f in feats]
@@ -67,53 +66,53 @@ class FreezePlugin(Plugin):
         self.history: list[dict] = []         # one entry per decision: task, cka per block, frozen
         self.saved_ratio = 0.0
 
-    def setup(self, learner):
-        self.learner = learner
+    def setup(self, ctx):
+        self.ctx = ctx
 
-    def on_task_start(self, learner, task):
+    def on_task_start(self, ctx, task):
         self.steps_in_task = 0
         self.probe = []
         self.previous = None
-        if learner.step_count > 0:  # a previous task exists to compare with
-            self.previous = self._frozen_copy(learner.encoder)
+        if ctx.step_count > 0:  # a previous task exists to compare with
+            self.previous = self._frozen_copy(ctx.encoder)
 
     def _frozen_copy(self, encoder):
         previous = copy.deepcopy(encoder).requires_grad_(False)
         previous.frozen_blocks = 0
         return previous.eval()
 
-    def after_step(self, learner, batch, out):
+    def after_step(self, ctx, batch, out):
         if self.previous is None:
             return
         self.steps_in_task += 1
         if sum(len(p) for p in self.probe) < self.probe_images:
             self.probe.append(batch.images[: batch.n_stream].cpu())
         if self.steps_in_task >= self.decide_after:
-            self.decide(learner)
+            self.decide(ctx)
 
-    def on_task_end(self, learner, task):
+    def on_task_end(self, ctx, task):
         if self.previous is not None and self.probe:
-            self.decide(learner)
+            self.decide(ctx)
 
-    def decide(self, learner) -> None:
+    def decide(self, ctx) -> None:
         images = torch.cat(self.probe)[: self.probe_images]
-        cka = block_cka(learner, self.previous, images)
-        frozen = frozen_prefix_after(cka, learner.encoder.frozen_blocks, self.threshold, self.max_new_blocks)
-        learner.encoder.freeze_prefix(frozen)
-        self.history.append({"task": learner.task, "step": learner.step_count, "cka": cka, "frozen": frozen})
-        self.saved_ratio = self._saved_ratio(learner, images[: self.flops_images])
+        cka = block_cka(ctx, self.previous, images)
+        frozen = frozen_prefix_after(cka, ctx.encoder.frozen_blocks, self.threshold, self.max_new_blocks)
+        ctx.encoder.freeze_prefix(frozen)
+        self.history.append({"task": ctx.task, "step": ctx.step_count, "cka": cka, "frozen": frozen})
+        self.saved_ratio = self._saved_ratio(ctx, images[: self.flops_images])
         self.previous, self.probe = None, []
 
-    def _saved_ratio(self, learner, images: torch.Tensor) -> float:
+    def _saved_ratio(self, ctx, images: torch.Tensor) -> float:
         """1 - backward FLOPs with the frozen prefix / backward FLOPs with nothing frozen."""
-        encoder = learner.encoder
+        encoder = ctx.encoder
         frozen = encoder.frozen_blocks
         if frozen == 0:
             return 0.0
-        with_frozen = backward_flops(learner, images)
+        with_frozen = ctx.backward_flops(images)
         encoder.freeze_prefix(0)
         try:
-            without = backward_flops(learner, images)
+            without = ctx.backward_flops(images)
         finally:
             encoder.freeze_prefix(frozen)
         return 1.0 - with_frozen / without
@@ -133,10 +132,10 @@ class FreezePlugin(Plugin):
         self.saved_ratio = state["saved_ratio"]
         self.previous, self.probe = None, []
         if "previous" in state:
-            self.previous = self._frozen_copy(self.learner.encoder)
+            self.previous = self._frozen_copy(self.ctx.encoder)
             self.previous.load_state_dict(state["previous"])
             self.probe = list(state["probe"])
 
     def metrics(self):
-        return {"frozen_blocks": float(self.learner.encoder.frozen_blocks),
+        return {"frozen_blocks": float(self.ctx.encoder.frozen_blocks),
                 "backward_flops_saved_ratio": self.saved_ratio}

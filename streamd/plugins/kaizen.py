@@ -46,9 +46,9 @@ class KaizenPlugin(CassleDistill):
         self.memory = ReplayPlugin(memory_capacity, replay_ratio, balance="task", seed=seed)
         self.task_sample = ReservoirBuffer(task_reservoir, "none", seed)
 
-    def setup(self, learner):
-        super().setup(learner)
-        self.classifier = nn.Linear(learner.encoder.feature_dim, self.num_classes)
+    def setup(self, ctx):
+        super().setup(ctx)
+        self.classifier = nn.Linear(ctx.encoder.feature_dim, self.num_classes)
 
     def trainable_modules(self):
         return super().trainable_modules() + [self.classifier]
@@ -56,7 +56,7 @@ class KaizenPlugin(CassleDistill):
     def frozen_modules(self):
         return {**super().frozen_modules(), "classifier": self.classifier}
 
-    def on_task_end(self, learner, task):
+    def on_task_end(self, ctx, task):
         """Moves ``memory_share`` of the finished task's stream rows into the replay memory."""
         sample = self.task_sample
         k = min(len(sample), math.ceil(self.memory_share * sample.seen))
@@ -65,14 +65,14 @@ class KaizenPlugin(CassleDistill):
             self.memory.buffer.add(sample.images[idx], sample.labels[idx], sample.tasks[idx])
         self.task_sample = ReservoirBuffer(self.task_reservoir, "none", self.seed + task + 1)
 
-    def before_step(self, learner, batch):
-        return self.memory.before_step(learner, batch)
+    def before_step(self, ctx, batch):
+        return self.memory.before_step(ctx, batch)
 
-    def after_step(self, learner, batch, out):
+    def after_step(self, ctx, batch, out):
         n = batch.n_stream
         self.task_sample.add(batch.images[:n], batch.labels[:n], batch.tasks[:n])
 
-    def extra_loss(self, learner, batch, out):
+    def extra_loss(self, ctx, batch, out):
         logits = self.classifier(torch.cat(out.feats).detach())
         terms = {"kaizen_ce": self.ce_weight * labelled_cross_entropy(logits, batch.labels.repeat(2))}
         if self.frozen is not None:

@@ -15,11 +15,11 @@ class LumpPlugin(ReplayPlugin):
         super().__init__(capacity=capacity, replay_ratio=0.0, balance=balance, seed=seed)
         self.beta = torch.distributions.Beta(alpha, alpha)
 
-    def before_step(self, learner, batch):
+    def before_step(self, ctx, batch):
         if len(self.buffer) == 0:
             return batch
-        images, _, _ = self.buffer.sample(batch.views[0].shape[0], learner.device)
-        b1, b2 = learner.views_of(images)
+        images, _, _ = self.buffer.sample(batch.views[0].shape[0], ctx.device)
+        b1, b2 = ctx.views_of(images)
         lam = float(self.beta.sample())
         v1, v2 = batch.views
         batch.views = (lam * v1 + (1 - lam) * b1, lam * v2 + (1 - lam) * b2)

@@ -41,41 +41,41 @@ class ImportanceRegularizer(Plugin):
         self.anchor: dict[str, torch.Tensor] = {}
         self.tasks_accumulated = 0
 
-    def setup(self, learner):
-        self.encoder = learner.encoder
-        self.device = learner.device
+    def setup(self, ctx):
+        self.encoder = ctx.encoder
+        self.device = ctx.device
 
-    def batch_grads(self, learner, images: torch.Tensor, params: list[nn.Parameter]) -> list[torch.Tensor]:
+    def batch_grads(self, ctx, images: torch.Tensor, params: list[nn.Parameter]) -> list[torch.Tensor]:
         """Per-parameter importance of one mini-batch of uint8 images."""
         raise NotImplementedError
 
-    def importance(self, learner, images: torch.Tensor) -> dict[str, torch.Tensor]:
+    def importance(self, ctx, images: torch.Tensor) -> dict[str, torch.Tensor]:
         """Mean over mini-batches of ``batch_grads`` for every trainable encoder parameter (max 1 with normalize)."""
         named = [(n, p) for n, p in self.encoder.named_parameters() if p.requires_grad]
         total = [torch.zeros_like(p) for _, p in named]
         chunks = images.split(self.batch_size)
-        was_training = learner.objective.training
-        learner.objective.eval()
+        was_training = ctx.objective.training
+        ctx.objective.eval()
         try:
             for chunk in chunks:
-                grads = self.batch_grads(learner, chunk.to(self.device), [p for _, p in named])
+                grads = self.batch_grads(ctx, chunk.to(self.device), [p for _, p in named])
                 for t, g in zip(total, grads):
                     t.add_(g)
         finally:
-            learner.objective.train(was_training)
+            ctx.objective.train(was_training)
         scale = len(chunks)
         if self.normalize:
             peak = max(float(t.max()) for t in total)
             scale = peak if peak > 0 else 1.0
         return {n: t / scale for (n, _), t in zip(named, total)}
 
-    def after_step(self, learner, batch, out):
+    def after_step(self, ctx, batch, out):
         n = batch.n_stream
         self.sample.add(batch.images[:n], batch.labels[:n], batch.tasks[:n])
 
-    def on_task_end(self, learner, task):
+    def on_task_end(self, ctx, task):
         if len(self.sample):
-            new = self.importance(learner, self.sample.images[: len(self.sample)])
+            new = self.importance(ctx, self.sample.images[: len(self.sample)])
             self.tasks_accumulated += 1
             for name, value in new.items():
                 old = self.omega.get(name, torch.zeros_like(value))
@@ -87,7 +87,7 @@ class ImportanceRegularizer(Plugin):
         params = dict(self.encoder.named_parameters())
         return self.strength / 2 * sum((om * (params[n] - self.anchor[n]).pow(2)).sum() for n, om in self.omega.items())
 
-    def extra_loss(self, learner, batch, out):
+    def extra_loss(self, ctx, batch, out):
         return {self.name: self.penalty()} if self.omega else {}
 
     def state_dict(self):
@@ -116,9 +116,9 @@ def _grads(loss: torch.Tensor, params: list[nn.Parameter]) -> list[torch.Tensor]
 class MASPlugin(ImportanceRegularizer):
     """Memory Aware Synapses (Aljundi et al. 2018): how much the embedding moves per parameter."""
 
-    def batch_grads(self, learner, images, params):
-        with learner.autocast():
-            feats = self.encoder(learner.preprocess(images))
+    def batch_grads(self, ctx, images, params):
+        with ctx.autocast():
+            feats = self.encoder(ctx.preprocess(images))
         return [g.abs() for g in _grads(feats.float().norm(dim=1).mean(), params)]
 
 
@@ -126,7 +126,7 @@ class MASPlugin(ImportanceRegularizer):
 class EWCPlugin(ImportanceRegularizer):
     """Elastic Weight Consolidation (Kirkpatrick et al. 2017) with the SSL loss in place of the likelihood."""
 
-    def batch_grads(self, learner, images, params):
-        with learner.autocast():
-            loss = learner.objective(*learner.views_of(images)).loss
+    def batch_grads(self, ctx, images, params):
+        with ctx.autocast():
+            loss = ctx.objective(*ctx.views_of(images)).loss
         return [g.pow(2) for g in _grads(loss.float(), params)]

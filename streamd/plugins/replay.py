@@ -11,14 +11,14 @@ class ReplayPlugin(Plugin):
         self.buffer = ReservoirBuffer(capacity, balance, seed)
         self.replay_ratio = replay_ratio
 
-    def before_step(self, learner, batch):
+    def before_step(self, ctx, batch):
         n = int(round(batch.n_stream * self.replay_ratio))
         if len(self.buffer) == 0 or n == 0:
             return batch
-        images, labels, tasks = self.buffer.sample(n, learner.device)
-        return batch.extended(images, labels, tasks, learner.views_of(images))
+        images, labels, tasks = self.buffer.sample(n, ctx.device)
+        return batch.extended(images, labels, tasks, ctx.views_of(images))
 
-    def after_step(self, learner, batch, out):
+    def after_step(self, ctx, batch, out):
         n = batch.n_stream
         self.buffer.add(batch.images[:n], batch.labels[:n], batch.tasks[:n])
 
