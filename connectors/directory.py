@@ -28,6 +28,7 @@ from collections import deque
 from pathlib import Path
 
 from connectors.base import LABEL_HEADER, SHAPE_HEADER, TASK_HEADER, Position, Record
+from streamd.durable import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -43,20 +44,6 @@ Key = tuple[int, str]
 def in_progress(name: str) -> bool:
     return name.startswith(".") or name.endswith((".tmp", ".part"))
 
-
-def atomic_write(path: Path, data: bytes, fsync: bool = False) -> None:
-    """Writes a hidden temp file next to ``path`` and renames it: readers never see half a file."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            if fsync:
-                f.flush()
-                os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)     # a full disk must not keep half files that eat the space left
-        raise
 
 
 class DirectorySource:
@@ -231,8 +218,8 @@ class DirectoryWriter:
         path = self.root / relpath
         path.parent.mkdir(parents=True, exist_ok=True)
         if sidecar:
-            atomic_write(path.with_name(path.name + ".json"), json.dumps(sidecar).encode())
-        atomic_write(path, payload)
+            atomic_write(path.with_name(path.name + ".json"), json.dumps(sidecar).encode(), fsync=False)
+        atomic_write(path, payload, fsync=False)
         return path
 
 
@@ -248,11 +235,11 @@ class FolderDeadLetter:
 
     def send(self, record: Record, reason: str) -> None:
         stem = f"{time.time_ns()}-{re.sub(r'[^A-Za-z0-9_.@#-]+', '_', str(record.position))[-150:]}"
-        atomic_write(self.root / f"{stem}.bin", record.payload, fsync=True)
+        atomic_write(self.root / f"{stem}.bin", record.payload)
         info = {"reason": reason, "position": {"key": record.position.key, "offset": record.position.offset,
                                                "index": record.position.index, "count": record.position.count},
                 "content_type": record.content_type, "headers": record.headers, "timestamp": record.timestamp}
-        atomic_write(self.root / f"{stem}.json", json.dumps(info).encode(), fsync=True)
+        atomic_write(self.root / f"{stem}.json", json.dumps(info).encode())
 
     def close(self) -> None:
         pass

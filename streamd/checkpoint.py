@@ -20,13 +20,14 @@ import logging
 import os
 import re
 import shutil
-import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
 import pyarrow as pa
 import torch
+
+from streamd import durable
 
 log = logging.getLogger(__name__)
 
@@ -46,14 +47,6 @@ class NoLoadableCheckpoint(RuntimeError):
 def _step(name: str) -> None:
     if step_hook is not None:
         step_hook(name)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _split_tables(state, tables: dict[str, pa.Table]):
@@ -80,16 +73,9 @@ def _join_tables(state, folder: Path):
     return state
 
 
-def _write_synced(path: Path, write) -> None:
-    with open(path, "wb") as f:
-        write(f)
-        f.flush()
-        os.fsync(f.fileno())
-
-
 def _write_step(path: Path, write) -> None:
     _step(f"write:{path.name}:before")
-    _write_synced(path, write)
+    durable.write_synced(path, write)
     _step(f"write:{path.name}:after")
 
 
@@ -119,10 +105,7 @@ def _unused_name(root: Path, step: int) -> str:
 
 
 def _pointer(root: Path) -> str | None:
-    try:
-        return (root / LATEST).read_text().strip() or None
-    except FileNotFoundError:
-        return None
+    return durable.read_pointer(root, LATEST)
 
 
 # Saving -------------------------------------------------------------------------------------------
@@ -133,7 +116,7 @@ def save_checkpoint(root: str | Path, step: int, state: dict, keep: int = 2) -> 
     root.mkdir(parents=True, exist_ok=True)
     tables: dict[str, pa.Table] = {}
     plain = _split_tables(state, tables)
-    tmp = Path(tempfile.mkdtemp(prefix=TMP_PREFIX, dir=root))
+    tmp = durable.temp_folder(root, TMP_PREFIX)
     try:
         _write_step(tmp / "state.pt", lambda f: torch.save(plain, f))
         for name, table in tables.items():
@@ -141,20 +124,9 @@ def save_checkpoint(root: str | Path, step: int, state: dict, keep: int = 2) -> 
                 with pa.ipc.new_file(f, table.schema) as w:
                     w.write_table(table)
             _write_step(tmp / name, write_table)
-        _fsync_dir(tmp)
-        _step("folder_synced")
         final = root / _unused_name(root, step)
-        os.rename(tmp, final)
-        _step("renamed")
-        _fsync_dir(root)
-        _step("root_synced")
-        latest_tmp = root / f".{LATEST}.tmp"
-        _write_synced(latest_tmp, lambda f: f.write(final.name.encode()))
-        _step("pointer_written")
-        os.replace(latest_tmp, root / LATEST)
-        _step("pointer_swapped")
-        _fsync_dir(root)
-        _step("pointer_synced")
+        durable.move_into_place(tmp, final, trace=_step)
+        durable.write_pointer(root, LATEST, final.name, trace=_step)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -169,21 +141,9 @@ def _prune(root: Path, keep: int, latest: str) -> None:
     """Keeps LATEST's folder and the ``keep - 1`` newest others; clears leftovers of killed saves."""
     others = [p for p in checkpoint_folders(root) if p.name != latest]
     for old in others[: max(0, len(others) - (keep - 1))]:
-        _discard(root, old)
-    for leftover in [*root.glob(TMP_PREFIX + "*"), *root.glob(TRASH_PREFIX + "*")]:
-        shutil.rmtree(leftover, ignore_errors=True)
+        durable.discard_folder(old, TRASH_PREFIX, trace=_step)
+    durable.clear_leftovers(root, TMP_PREFIX, TRASH_PREFIX)
     _step("pruned")
-
-
-def _discard(root: Path, folder: Path) -> None:
-    """Moves the folder into a fresh trash folder, then deletes it file by file (checkpoints are flat)."""
-    trash = Path(tempfile.mkdtemp(prefix=TRASH_PREFIX, dir=root)) / folder.name
-    os.rename(folder, trash)
-    _step("prune:moved")
-    for path in sorted(trash.iterdir()):
-        path.unlink()
-        _step("prune:unlinked")
-    shutil.rmtree(trash.parent)
 
 
 # Loading ------------------------------------------------------------------------------------------
@@ -247,7 +207,7 @@ def set_aside(root: str | Path) -> Path | None:
     aside.mkdir()
     for path in folders + pointer:
         os.rename(path, aside / path.name)
-    _fsync_dir(root)
+    durable.fsync_dir(root)
     log.warning("--reset: ignoring %d checkpoint(s) in %s (%s named %s): moved to %s, starting fresh",
                 len(folders), root, LATEST, _pointer(aside), aside)
     return aside

@@ -15,7 +15,6 @@ value), to a Parquet history folder (one part file per measurement, compacted no
 from __future__ import annotations
 
 import logging
-import os
 import time
 from pathlib import Path
 
@@ -23,6 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
+from streamd import durable
 from streamd.evaluation import knn_accuracy
 from streamd.metrics import Metrics
 from streamd.similarity import linear_cka
@@ -223,9 +223,9 @@ class History:
         return sorted(self.folder.glob("part-*.parquet"))
 
     def _write(self, table: pa.Table, number: int) -> None:
-        tmp = self.folder / f".part-{number:09d}.tmp"
-        pq.write_table(table, tmp)
-        os.replace(tmp, self.folder / f"part-{number:09d}.parquet")
+        sink = pa.BufferOutputStream()
+        pq.write_table(table, sink)
+        durable.atomic_write(self.folder / f"part-{number:09d}.parquet", sink.getvalue().to_pybytes())
 
 
 def read_history(path: Path) -> pa.Table:

@@ -15,11 +15,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import platform
 import re
 import shutil
-import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -30,8 +28,8 @@ import torch
 import torchvision
 
 import streamd
+from streamd import durable
 from streamd.augment import MEAN, STD
-from streamd.checkpoint import _fsync_dir, _write_synced
 from streamd.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -119,16 +117,12 @@ class SnapshotPublisher:
         try:
             versions = list_versions(self.root)
             number = int(versions[-1][1:]) + 1 if versions else 1
-            tmp = Path(tempfile.mkdtemp(prefix=TMP_PREFIX, dir=self.root))
+            tmp = durable.temp_folder(self.root, TMP_PREFIX)
             manifest = self._write(tmp, learner, number, versions, reason=reason, task=task, segment=segment,
                                    positions=positions, probe=probe)
-            os.rename(tmp, self.root / version_name(number))
+            durable.move_into_place(tmp, self.root / version_name(number))
             tmp = None
-            _fsync_dir(self.root)
-            latest_tmp = self.root / f".{LATEST}.tmp"
-            _write_synced(latest_tmp, lambda f: f.write(version_name(number).encode()))
-            os.replace(latest_tmp, self.root / LATEST)
-            _fsync_dir(self.root)
+            durable.write_pointer(self.root, LATEST, version_name(number))
         except OSError:
             log.exception("snapshot publish failed (reason=%s, task=%d); earlier snapshots are intact", reason, task)
             if self.metrics is not None:
@@ -151,7 +145,7 @@ class SnapshotPublisher:
         blobs = {MODEL: safetensors.torch.save(tensors, metadata={"format": "pt"}),
                  CONFIG: json.dumps(encoder_config(encoder), indent=2).encode()}
         for name, blob in blobs.items():
-            _write_synced(folder / name, lambda f, blob=blob: f.write(blob))
+            durable.write_synced(folder / name, lambda f, blob=blob: f.write(blob))
         now = datetime.now(timezone.utc)
         k = encoder.frozen_blocks
         manifest = {
@@ -166,8 +160,7 @@ class SnapshotPublisher:
             "positions": fields["positions"], "probe": fields["probe"], "libraries": library_versions(),
         }
         text = json.dumps(manifest, indent=2, default=str).encode()
-        _write_synced(folder / MANIFEST, lambda f: f.write(text))
-        _fsync_dir(folder)
+        durable.write_synced(folder / MANIFEST, lambda f: f.write(text))
         return manifest
 
     def _prune(self) -> None:
@@ -178,14 +171,13 @@ class SnapshotPublisher:
         keep = set(versions[-self.keep_last:]) | {resolve_version(self.root, LATEST)}
         keep |= set(task_ends[-self.keep_task_end:] if self.keep_task_end else task_ends)
         pruned = [name for name in versions if name not in keep]
-        for name in pruned:  # into a temp folder (deleted below): a kill mid-delete leaves no half version listed
-            os.rename(self.root / name, Path(tempfile.mkdtemp(prefix=TMP_PREFIX, dir=self.root)) / name)
+        for name in pruned:
+            durable.discard_folder(self.root / name, TMP_PREFIX)
         if pruned:
             log.info("retention pruned snapshot(s) %s", ", ".join(pruned))
             if self.metrics is not None:
                 self.metrics.snapshots_pruned.inc(len(pruned))
-        for tmp in self.root.glob(TMP_PREFIX + "*"):
-            shutil.rmtree(tmp, ignore_errors=True)
+        durable.clear_leftovers(self.root, TMP_PREFIX)
 
 
 def _reason(folder: Path) -> str | None:

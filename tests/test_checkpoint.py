@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import streamd.checkpoint as ckpt
+from streamd import durable
 
 
 def state(step: int) -> dict:
@@ -38,7 +39,7 @@ def partial_write_then_full_disk(f):
 @pytest.mark.parametrize("where", ["state", "arrow", "latest_pointer", "latest_rename"])
 def test_failure_mid_write_keeps_latest_and_previous_checkpoint(tmp_path, monkeypatch, where):
     ckpt.save_checkpoint(tmp_path, 1, state(1))
-    real_write, real_replace = ckpt._write_synced, os.replace
+    real_write, real_replace = durable.write_synced, os.replace
 
     def write_synced(path, write):
         if (where == "state" and path.name == "state.pt") or (where == "arrow" and path.suffix == ".arrow") \
@@ -51,7 +52,7 @@ def test_failure_mid_write_keeps_latest_and_previous_checkpoint(tmp_path, monkey
             raise OSError(5, "Input/output error")
         return real_replace(src, dst)
 
-    monkeypatch.setattr(ckpt, "_write_synced", write_synced)
+    monkeypatch.setattr(durable, "write_synced", write_synced)
     monkeypatch.setattr(ckpt.os, "replace", replace)
     with pytest.raises(OSError):
         ckpt.save_checkpoint(tmp_path, 2, state(2))

@@ -10,6 +10,7 @@ import pytest
 import safetensors.torch
 
 import streamd.snapshots as snapshots
+from streamd import durable
 from publishing_fixtures import tiny_learner
 from streamd.augment import MEAN, STD
 from streamd.client import verify
@@ -74,14 +75,14 @@ def test_failed_write_leaves_earlier_snapshots_intact_and_is_counted(tmp_path, l
     metrics = Metrics()
     pub = SnapshotPublisher(tmp_path, metrics=metrics)
     publish(pub, learner)
-    real_write = snapshots._write_synced
+    real_write = durable.write_synced
 
     def disk_full(path, write):
         if path.name == "model.safetensors":
             raise OSError(errno.ENOSPC, "No space left on device")
         real_write(path, write)
 
-    monkeypatch.setattr(snapshots, "_write_synced", disk_full)
+    monkeypatch.setattr(durable, "write_synced", disk_full)
     assert publish(pub, learner) is None
     assert metrics.registry.get_sample_value("streamd_snapshot_failures_total") == 1
     assert "snapshot publish failed" in caplog.text
@@ -89,7 +90,7 @@ def test_failed_write_leaves_earlier_snapshots_intact_and_is_counted(tmp_path, l
     verify(tmp_path / "v000001", read_manifest(tmp_path / "v000001"))
     assert pub.latest_version() == 1 and metrics.registry.get_sample_value("streamd_snapshot_version") == 1
 
-    monkeypatch.setattr(snapshots, "_write_synced", real_write)
+    monkeypatch.setattr(durable, "write_synced", real_write)
     assert publish(pub, learner)["version"] == 2
 
 
