@@ -45,7 +45,3 @@ class AckedPrefix:
         partial.update({str(o): sorted(d) for o, d in self._already_done.items()})
         first = next(iter(self._pending), self.next_offset)
         return first, partial
-
-    def lag_from(self, end_offset: int) -> int:
-        first, _ = self.state()
-        return max(0, end_offset - first) if first is not None else 0

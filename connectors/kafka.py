@@ -45,7 +45,7 @@ from connectors.kafka_offsets import (OFFSET_POLICIES, BeyondLogEnd, TopicRecrea
                                       topic_recreated)
 from connectors.kafka_parsing import install_parse_guards, records_of
 from connectors.kafka_sink import (DEAD_LETTER_POSITION_HEADER, DEAD_LETTER_REASON_HEADER,  # noqa: F401 -- re-exported
-                                   KafkaDeadLetter, KafkaSink, committed_offsets)
+                                   KafkaDeadLetter, KafkaSink)
 
 log = logging.getLogger(__name__)
 install_parse_guards()

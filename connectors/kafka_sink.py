@@ -1,10 +1,7 @@
-"""Kafka producers: the image sink (``streamd produce``, tests) and the dead-letter topic, plus a
-read-only look at a group's committed offsets."""
+"""Kafka producers: the image sink (``streamd produce``, tests) and the dead-letter topic."""
 from __future__ import annotations
 
-import time
-
-from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka import KafkaProducer
 
 from connectors.base import CONTENT_TYPE_HEADER, Record
 from connectors.wire import kafka_headers
@@ -52,22 +49,3 @@ class KafkaDeadLetter:
 
     def close(self) -> None:
         self._sink.close()
-
-
-def committed_offsets(bootstrap_servers: str, group_id: str, topic: str, timeout_s: float = 10.0) -> dict[str, int]:
-    """The offsets a group has committed for a topic, as ``{"topic:partition": offset}``."""
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap_servers, group_id=group_id, enable_auto_commit=False)
-    try:
-        deadline = time.monotonic() + timeout_s
-        partitions = consumer.partitions_for_topic(topic)
-        while partitions is None and time.monotonic() < deadline:
-            time.sleep(0.1)
-            partitions = consumer.partitions_for_topic(topic)
-        out = {}
-        for p in sorted(partitions or ()):
-            offset = consumer.committed(TopicPartition(topic, p))
-            if offset is not None:
-                out[f"{topic}:{p}"] = offset
-        return out
-    finally:
-        consumer.close(autocommit=False)

@@ -6,7 +6,6 @@ checkpoint covers. A crash therefore replays the records after the last checkpoi
 """
 from __future__ import annotations
 
-import errno
 import json
 import logging
 import os
@@ -61,7 +60,7 @@ class PendingBatch:
 
 class Daemon:
     def __init__(self, cfg: StreamdConfig, source: Source | None = None, dead_letter: DeadLetterSink | None = None):
-        from streamd.probe import Prober  # engineer F's module
+        from streamd.probe import Prober
 
         self.cfg = cfg
         self.metrics = Metrics()
@@ -86,7 +85,7 @@ class Daemon:
         self.idle_since: float | None = None  # when the source last came back empty after records
         self.steps_at_checkpoint = self.steps_at_snapshot = self.trained_at_progress = 0
         self.dirty = False  # something was acked since the last durable checkpoint
-        self.last_loss = float("nan")
+        self.last_loss = self.last_rate = float("nan")   # of the last step / progress interval
 
     # The loop ---------------------------------------------------------------------------------
     def run(self, exit_when_idle: float | None = None) -> dict:
@@ -220,7 +219,12 @@ class Daemon:
         if len(train_images):
             self._step(train_images, train_labels)
         self._ack(with_held_out(batch.acks, kept))
-        self.prober.maybe_measure(self.learner, self.learner.step_count)
+        self._measure()
+
+    def _measure(self, force: bool = False) -> dict | None:
+        """A probe measurement when due; the last step's loss and throughput go into its history."""
+        return self.prober.maybe_measure(self.learner, self.learner.step_count, force=force,
+                                         training={"loss": self.last_loss, "images_per_second": self.last_rate})
 
     def _step(self, images: torch.Tensor, labels: torch.Tensor) -> StepResult:
         """One learner step and its metrics (streamd/distributed_daemon.py wraps it for ranks)."""
@@ -240,7 +244,7 @@ class Daemon:
         """Task-end work for the task that just ended: probe, reference features, a snapshot."""
         old = self.learner.task
         self.metrics.task_boundaries.labels(boundary.kind).inc()
-        probe = self.prober.maybe_measure(self.learner, self.learner.step_count, force=True)
+        probe = self._measure(force=True)
         self.prober.on_task_end(self.learner, old)
         self._snapshot("task_end", probe)
 
@@ -314,6 +318,7 @@ class Daemon:
         lag = self.source.lag()
         self.metrics.observe_plugins(self.learner)  # here, not per step: some plugins' gauges cost a pass over masks
         self.metrics.images_per_second.set(rate)
+        self.last_rate = rate
         if lag is not None:
             self.metrics.consumer_lag.set(lag)
         c = self.counters
@@ -432,33 +437,3 @@ def build_dead_letter(cfg: StreamdConfig) -> DeadLetterSink:
         k = cfg.source.kafka
         return KafkaDeadLetter(k.bootstrap_servers, d.topic, client_options=k.security_options())
     return _DropDeadLetter()
-
-
-def install_test_faults(spec: str | None = None) -> None:
-    """Test-only fault injection for the crash tests, from ``spec`` or else ``STREAMD_TEST_FAULTS``
-    (comma-separated), through the checkpoint module's step hook:
-    ``checkpoint_sleep=S`` sleeps inside every checkpoint write, after the files are written and
-    before the rename (a kill there is a kill mid-checkpoint); ``checkpoint_enospc`` makes every
-    checkpoint file write fail like a full disk."""
-    spec = os.environ.get("STREAMD_TEST_FAULTS") if spec is None else spec
-    if not spec:
-        return
-    import streamd.checkpoint as ckpt
-
-    sleep_s, full_disk = None, False
-    for fault in spec.split(","):
-        name, _, value = fault.partition("=")
-        if name == "checkpoint_sleep":
-            sleep_s = float(value)
-        elif name == "checkpoint_enospc":
-            full_disk = True
-        else:
-            raise ValueError(f"unknown test fault {name!r}")
-        log.warning("TEST FAULT ACTIVE: %s", fault)
-
-    def at_step(step: str) -> None:
-        if full_disk and step.startswith("write:") and step.endswith(":before"):
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        if sleep_s is not None and step == "folder_synced":
-            time.sleep(sleep_s)
-    ckpt.step_hook = at_step

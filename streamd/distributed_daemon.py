@@ -133,7 +133,7 @@ class RankDaemon(Daemon):
 
         self._round(len(images), step, boundary)
         if self.cluster.is_main:
-            self.prober.maybe_measure(self.learner, self.learner.step_count)
+            self._measure()
 
     def _step(self, images, labels):
         with self.cluster.weighted(len(images)):

@@ -15,6 +15,7 @@ value), to a Parquet history folder (one part file per measurement, compacted no
 from __future__ import annotations
 
 import logging
+import math
 import time
 from pathlib import Path
 
@@ -90,7 +91,9 @@ class Prober:
         if task in self.sets and len(self.sets[task]["images"]):
             self.reference[task] = learner.embed(self.sets[task]["images"], task=task)
 
-    def maybe_measure(self, learner, step: int, force: bool = False) -> dict | None:
+    def maybe_measure(self, learner, step: int, force: bool = False,
+                      training: dict[str, float] | None = None) -> dict | None:
+        """Measures when due (or ``force``); ``training`` figures (loss, throughput) join the history."""
         if not self.sets or (not force and step - self.last_step < self.every_steps):
             return None
         self.last_step = step
@@ -114,10 +117,10 @@ class Prober:
             self.matrix[current] = dict(accuracy)
         result = {"step": step, "task": current, "accuracy": accuracy, "forgetting": forgetting,
                   "forgetting_mean": forgetting_mean, "drift": drift}
-        self._export(result)
+        self._export(result, training or {})
         return result
 
-    def _export(self, result: dict) -> None:
+    def _export(self, result: dict, training: dict[str, float]) -> None:
         rows = [(GLOBAL, "forgetting_mean", result["forgetting_mean"])]
         for name in ("accuracy", "forgetting", "drift"):
             rows += [(task, name, value) for task, value in result[name].items()]
@@ -127,10 +130,7 @@ class Prober:
             for task, name, value in rows[1:]:
                 gauges[name].labels(str(task)).set(value)
             m.forgetting_mean.set(result["forgetting_mean"])
-            for name in ("streamd_loss", "streamd_images_per_second"):  # for the report's loss/throughput plots
-                value = m.registry.get_sample_value(name)
-                if value is not None:
-                    rows.append((GLOBAL, name.removeprefix("streamd_"), value))
+        rows += [(GLOBAL, name, value) for name, value in training.items() if math.isfinite(value)]
         if self.history is not None:
             now = time.time()
             self.history.append([{"step": result["step"], "time": now, "task": task, "current_task": result["task"],

@@ -9,7 +9,7 @@ from conftest import create_topic
 from daemon_fixtures import (assert_exactly_once_up_to_checkpoints, consumed_count, kafka_source_toml, produce_dir,
                              produce_kafka, read_audit, start_daemon, wait_until, write_config)
 
-from connectors.kafka import committed_offsets
+from kafka_fixtures import committed_offsets
 
 TASKS, PER_TASK = 3, 64
 
@@ -38,7 +38,7 @@ def test_kill_9_mid_checkpoint_and_mid_step_neither_skips_nor_repeats_checkpoint
     ckpt, audit = tmp_path / "ckpt", tmp_path / "audit.log"
 
     # 1. Every checkpoint write sleeps before its rename; kill -9 inside one that follows a durable one.
-    daemon = start_daemon(config, env={"STREAMD_TEST_FAULTS": "checkpoint_sleep=2"})
+    daemon = start_daemon(config, faults="checkpoint_sleep=2")
     wait_until(lambda: (ckpt / "LATEST").exists() and any(ckpt.glob(".tmp-ckpt-*")) and read_audit(audit)[-1].tail,
                150, "a checkpoint being written over records consumed after a durable one", daemon)
     daemon.kill()

@@ -11,7 +11,8 @@ from conftest import create_topic, free_port
 from daemon_fixtures import kafka_source_toml, produce_kafka, start_daemon, wait_until, write_config
 from kafka import KafkaProducer
 
-from connectors.kafka import HEALTH_CHECK_S, committed_offsets
+from connectors.kafka import HEALTH_CHECK_S
+from kafka_fixtures import committed_offsets
 from streamd.bench._broker import Broker
 from streamd.bench._daemons import RawHeaderKey
 
@@ -51,7 +52,7 @@ def test_daemon_consumes_kafka_finds_header_boundaries_and_commits_after_checkpo
     # records are read. Every checkpoint of this run fails (full disk), so nothing more is committed.
     produce_kafka(kafka_broker, kafka_topic, 2, 4)
     summary = start_daemon(kafka_config(tmp_path, kafka_broker, kafka_topic, "g-daemon", "ckpt2"),
-                           exit_when_idle=2.0, env={"STREAMD_TEST_FAULTS": "checkpoint_enospc"}).wait(timeout=150)
+                           exit_when_idle=2.0, faults="checkpoint_enospc").wait(timeout=150)
     assert summary["records_seen"] == 8 and summary["checkpoint_failures"] >= 1 and summary["checkpoints"] == 0
     assert committed_offsets(kafka_broker, "g-daemon", kafka_topic) == {f"{kafka_topic}:0": total}
 

@@ -125,7 +125,7 @@ def test_checkpoint_failure_is_counted_and_training_goes_on_without_commit(tmp_p
     inbox = tmp_path / "inbox"
     produce_dir(inbox, 2, 24)
     daemon = start_daemon(write_config(tmp_path), exit_when_idle=1.0,
-                          env={"STREAMD_TEST_FAULTS": "checkpoint_enospc"})
+                          faults="checkpoint_enospc")
     summary = daemon.wait(timeout=120)
     assert summary["records_seen"] == 48 and summary["images_trained"] > 0
     assert summary["checkpoints"] == 0 and summary["checkpoint_failures"] >= 2

@@ -19,7 +19,8 @@ from kafka.record.memory_records import MemoryRecords
 from test_kafka_source import consume, offsets, produce_images, topic_id
 
 from connectors.base import PARSE_ERROR_HEADER, UNPARSEABLE_CONTENT_TYPE
-from connectors.kafka import KafkaSource, committed_offsets
+from connectors.kafka import KafkaSource
+from kafka_fixtures import committed_offsets
 from connectors.wire import encode_image
 from streamd.bench._broker import Broker
 from streamd.bench._daemons import RawHeaderKey

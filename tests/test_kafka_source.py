@@ -11,7 +11,8 @@ from kafka import KafkaConsumer
 
 from connectors.base import ARROW_CONTENT_TYPE, CONTENT_TYPE_HEADER, Position, Record
 from connectors.kafka import (DEAD_LETTER_POSITION_HEADER, DEAD_LETTER_REASON_HEADER, KafkaDeadLetter, KafkaSink,
-                              KafkaSource, committed_offsets)
+                              KafkaSource)
+from kafka_fixtures import committed_offsets
 from connectors.wire import arrow_message, encode_image, from_kafka_headers, image_headers
 from streamd.ingest import decode, parse_label
 

@@ -63,7 +63,7 @@ def test_accuracy_forgetting_matrix_metrics_and_history(tmp_path):
     for seed in range(4, 8):
         prober.hold_out(*two_class_batch(16, seed), task=1)
     learner.mode = "forgotten"
-    second = prober.maybe_measure(learner, step=130, force=True)
+    second = prober.maybe_measure(learner, step=130, force=True, training={"loss": 2.5, "images_per_second": float("nan")})
     assert second["accuracy"][0] < 0.9 and second["forgetting"][0] == 1.0 - second["accuracy"][0]
     assert second["forgetting_mean"] == second["forgetting"][0] and 1 not in second["forgetting"]
     assert second["drift"][0] > 0.2  # noise features vs the task-end reference
@@ -78,6 +78,8 @@ def test_accuracy_forgetting_matrix_metrics_and_history(tmp_path):
         (100, 0, "accuracy", 1.0), (130, 0, "accuracy", second["accuracy"][0]),
         (130, 1, "accuracy", second["accuracy"][1])}
     assert {r["metric"] for r in rows} >= {"accuracy", "forgetting", "forgetting_mean", "drift", "loss"}
+    assert [(r["step"], r["value"]) for r in rows if r["metric"] == "loss"] == [(130, 2.5)]
+    assert "images_per_second" not in {r["metric"] for r in rows}     # not measured yet (NaN): no row
 
 
 def test_state_round_trips_through_a_weights_only_checkpoint_load():
@@ -145,12 +147,13 @@ def test_history_backlog_is_bounded_while_the_folder_cannot_be_written(tmp_path,
                     max_pending_rows=10)
     history, learner = prober.history, StubLearner()
     prober.hold_out(*two_class_batch(8, 0), task=0)
-    prober.maybe_measure(learner, step=0, force=True)
+    training = {"loss": 1.0, "images_per_second": 10.0}
+    prober.maybe_measure(learner, step=0, force=True, training=training)
     per_measure = len(history.pending)   # forgetting_mean, accuracy of task 0, loss, throughput
     assert 3 <= per_measure < 10
     made = [dict(r) for r in history.pending]
     for step in range(1, 9):
-        prober.maybe_measure(learner, step=step, force=True)
+        prober.maybe_measure(learner, step=step, force=True, training=training)
         made += history.pending[-per_measure:]
     assert history.pending == made[-10:], "the newest rows are kept, the oldest dropped"
     dropped = metrics.registry.get_sample_value("streamd_probe_history_rows_dropped_total")
@@ -159,7 +162,7 @@ def test_history_backlog_is_bounded_while_the_folder_cannot_be_written(tmp_path,
 
     blocker.unlink()
     blocker.mkdir()
-    prober.maybe_measure(learner, step=9, force=True)
+    prober.maybe_measure(learner, step=9, force=True, training=training)
     assert history.pending == [] and f"writable again; {dropped:.0f} rows were dropped" in caplog.text
     rows = read_history(blocker / "history").to_pylist()
     assert len(rows) == 10 + per_measure and {r["step"] for r in rows} == {r["step"] for r in made[-10:]} | {9}

@@ -9,7 +9,6 @@ from datetime import datetime
 import pytest
 import safetensors.torch
 
-import streamd.snapshots as snapshots
 from streamd import durable
 from publishing_fixtures import tiny_learner
 from streamd.augment import MEAN, STD

@@ -103,8 +103,8 @@ class Scenario:
         self.runs: list[Watched] = []
         self.crashes = 0
 
-    def start(self, exit_when_idle: float | None = None, env: dict | None = None) -> Watched:
-        run = Watched(start_daemon(self.config, exit_when_idle=exit_when_idle, env=env), self.audit)
+    def start(self, exit_when_idle: float | None = None, faults: str | None = None) -> Watched:
+        run = Watched(start_daemon(self.config, exit_when_idle=exit_when_idle, faults=faults), self.audit)
         self.runs.append(run)
         return run
 

@@ -64,7 +64,7 @@ def poison(folder: Path, bootstrap: str, per_task: int, seed: int = 0) -> Row:
     produce_kafka(bootstrap, topic, 1, per_task)
     sent += per_task
     scenario = Scenario(folder, kafka_source_toml(bootstrap, topic, f"poison-{topic}"))
-    run = scenario.start(env=CHECKPOINT_PAUSE)   # slower checkpoints: the kill most likely precedes the next
+    run = scenario.start(faults=CHECKPOINT_PAUSE)   # slower checkpoints: the kill most likely precedes the next
     wait_for(lambda: "dead:unparseable_record" in _text(scenario.audit) or run.daemon.proc.poll() is not None, 120)
     if run.daemon.proc.poll() is not None:
         scenario.crashes += 1

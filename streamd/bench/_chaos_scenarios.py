@@ -17,9 +17,9 @@ from streamd.bench._daemons import kafka_source_toml, produce_dir, produce_kafka
 
 KILL_MOMENTS = ("checkpoint", "startup", "running")
 FRESH_PER_RUN = 96   # records added before each later run: 6 steps of the chaos config (batch 16)
-# Test-only fault (see streamd.daemon.install_test_faults): every checkpoint pauses after its files
+# Test-only fault (see streamd.bench._faults): every checkpoint pauses after its files
 # are written and synced, before the rename, so a kill while the temp folder exists is mid-checkpoint.
-CHECKPOINT_PAUSE = {"STREAMD_TEST_FAULTS": "checkpoint_sleep=0.5"}
+CHECKPOINT_PAUSE = "checkpoint_sleep=0.5"
 
 
 def wait_for(predicate, timeout: float, poll: float = 0.02) -> bool:
@@ -33,7 +33,7 @@ def wait_for(predicate, timeout: float, poll: float = 0.02) -> bool:
 
 def kill_at(scenario: Scenario, moment: str, rng: random.Random) -> str:
     """Starts a run and kill -9s it at the moment asked for; returns the moment it really was."""
-    run = scenario.start(env=CHECKPOINT_PAUSE if moment == "checkpoint" else None)
+    run = scenario.start(faults=CHECKPOINT_PAUSE if moment == "checkpoint" else None)
     ckpt = scenario.folder / "ckpt"
     if moment == "startup":
         time.sleep(rng.uniform(0.2, 2.0))

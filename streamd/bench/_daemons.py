@@ -159,8 +159,11 @@ class DaemonProcess:
         return self.log_path.read_text(errors="replace")
 
 
-def start_daemon(config: Path, exit_when_idle: float | None = None, env: dict | None = None) -> DaemonProcess:
-    args = [PYTHON, "-m", "streamd", "run", "--config", str(config)]
+def start_daemon(config: Path, exit_when_idle: float | None = None, env: dict | None = None,
+                 faults: str | None = None) -> DaemonProcess:
+    """``streamd run`` as a process; ``faults`` runs it under ``streamd.bench._faults`` with that spec."""
+    launcher = ["streamd.bench._faults", faults] if faults else ["streamd"]
+    args = [PYTHON, "-m", *launcher, "run", "--config", str(config)]
     if exit_when_idle is not None:
         args += ["--exit-when-idle", str(exit_when_idle)]
     log_path = config.parent / f"daemon-{time.monotonic_ns()}.log"

@@ -91,8 +91,13 @@ def measure(args: argparse.Namespace) -> dict:
     return {"objective": args.objective, "arch": args.arch, "image_size": args.image_size, "batch": args.batch,
             "steps_per_round": args.steps, "rounds": args.rounds, "machine": describe_machine(device),
             "images_per_second": rate, "ratios": ratios, "round_seconds": seconds,
-            "passed": {"learner_vs_bare": ratios["learner_vs_bare"] >= LEARNER_VS_BARE_MIN,
-                       "augment_vs_learner": ratios["augment_vs_learner"] >= AUGMENT_VS_TRAIN_MIN}}
+            "passed": verdicts(ratios)}
+
+
+def verdicts(ratios: dict[str, float]) -> dict[str, bool]:
+    """Whether each ratio meets its floor."""
+    return {"learner_vs_bare": ratios["learner_vs_bare"] >= LEARNER_VS_BARE_MIN,
+            "augment_vs_learner": ratios["augment_vs_learner"] >= AUGMENT_VS_TRAIN_MIN}
 
 
 def main(args: argparse.Namespace) -> int:

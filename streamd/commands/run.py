@@ -25,10 +25,8 @@ def main(args) -> int:
     logging.basicConfig(level=cfg.logging.level, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from streamd.checkpoint import NoLoadableCheckpoint, set_aside
-    from streamd.daemon import install_test_faults
     from streamd.distributed_daemon import build_daemon  # a Daemon, or one rank of several under torchrun
 
-    install_test_faults()
     daemon = build_daemon(cfg)
     if args.reset:
         set_aside(daemon.cfg.checkpoint.dir)  # the daemon's own: under torchrun, this rank's folder
