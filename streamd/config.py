@@ -118,12 +118,16 @@ class StrategyConfig(_Section):
     @field_validator("name")
     @classmethod
     def _known_plugins(cls, v: str) -> str:
-        from streamd.plugins import PLUGINS
-        unknown = [p for p in v.split("+") if p and p != "finetune" and p not in PLUGINS]
-        if unknown:
-            raise ValueError(f"unknown strategy part(s) {unknown}; allowed: finetune, {', '.join(sorted(PLUGINS))} "
-                             "(joined with '+')")
+        from streamd.plugins import strategy_plugins
+        strategy_plugins(v)
         return v
+
+    @model_validator(mode="after")
+    def _typed_plugin_options(self) -> "StrategyConfig":
+        """Each plugin's options against its model: a typo fails at start instead of being ignored."""
+        from streamd.plugins import validate_plugin_options
+        validate_plugin_options(self.name, self.plugin_options)
+        return self
 
 
 class LearnerConfig(_Section):

@@ -21,9 +21,9 @@ from streamd.checkpoint import load_checkpoint, save_checkpoint
 from streamd.config import StreamdConfig
 from streamd.dead_letter_retry import UndeliveredDeadLetters
 from streamd.ingest import DecodeError, decode, expand, parse_label, parse_task
-from streamd.learner import Learner, StepResult, build_learner
+from streamd.learner import Learner, StepResult
 from streamd.metrics import Metrics
-from streamd.snapshots import SnapshotPublisher
+from streamd.wiring import build_dead_letter, build_learner_from, build_prober, build_publisher, build_source
 
 log = logging.getLogger("streamd.daemon")
 
@@ -60,17 +60,12 @@ class PendingBatch:
 
 class Daemon:
     def __init__(self, cfg: StreamdConfig, source: Source | None = None, dead_letter: DeadLetterSink | None = None):
-        from streamd.probe import Prober
-
         self.cfg = cfg
         self.metrics = Metrics()
         self.learner: Learner = build_learner_from(cfg)
         self.boundary = build_boundary_detector(cfg.boundary)
-        self.prober = Prober(per_task=cfg.probe.per_task, every_steps=cfg.probe.every_steps,
-                             history_path=cfg.probe.history_dir, metrics=self.metrics,
-                             max_pending_rows=cfg.probe.max_pending_rows)
-        self.publisher = SnapshotPublisher(cfg.snapshots.dir, keep_last=cfg.snapshots.keep_last,
-                                           keep_task_end=cfg.snapshots.keep_task_end, metrics=self.metrics)
+        self.prober = build_prober(cfg, self.metrics)
+        self.publisher = build_publisher(cfg, self.metrics)
         self.source = source or build_source(cfg, self.metrics)
         self.dead_letter = dead_letter or build_dead_letter(cfg)
         self.counters = Counters()
@@ -391,49 +386,3 @@ def with_held_out(acks: list[tuple[Record, str]], kept: torch.Tensor) -> list[tu
     """The batch's acks with the images the prober held out marked ``held_out`` instead of ``trained``."""
     kept_rows = iter(kept.tolist())
     return [(r, status if status != "trained" or next(kept_rows) else "held_out") for r, status in acks]
-
-
-# Builders -------------------------------------------------------------------------------------
-def build_learner_from(cfg: StreamdConfig) -> Learner:
-    m, lc = cfg.model, cfg.learner
-    return build_learner(m.arch, m.image_size, m.objective, cfg.strategy.name, objective_kwargs=m.objective_kwargs,
-                         plugin_options=cfg.strategy.plugin_options, augment_kwargs=m.augment_kwargs,
-                         optim=cfg.optim, device=lc.device, amp=lc.amp, compile=lc.compile)
-
-
-def build_source(cfg: StreamdConfig, metrics: Metrics | None = None) -> Source:
-    s = cfg.source
-    if s.kind == "directory":
-        from connectors.directory import DirectorySource
-        s.directory.path.mkdir(parents=True, exist_ok=True)
-        d = s.directory
-        return DirectorySource(d.path, d.task_from_subfolder, d.settle_seconds, d.on_commit, d.done_dir)
-    if s.kind == "kafka":
-        from connectors.kafka import KafkaSource
-        k = s.kafka
-        return KafkaSource(k.bootstrap_servers, k.topic, k.group_id, k.max_poll_records,
-                           client_options=k.consumer_options(), on_offsets_beyond_log_end=k.on_offsets_beyond_log_end,
-                           on_offsets_invalid=metrics.source_offsets_invalid.inc if metrics else None)
-    from connectors.parquet import ParquetSource
-    p = s.parquet
-    return ParquetSource(p.path, p.image_column, p.label_column, p.task_column, p.batch_rows)
-
-
-class _DropDeadLetter:
-    """dead_letter.kind = "none": the reason is logged and counted, the payload dropped."""
-
-    def send(self, record: Record, reason: str) -> None: ...
-
-    def close(self) -> None: ...
-
-
-def build_dead_letter(cfg: StreamdConfig) -> DeadLetterSink:
-    d = cfg.dead_letter
-    if d.kind == "folder":
-        from connectors.directory import FolderDeadLetter
-        return FolderDeadLetter(d.path)
-    if d.kind == "kafka":
-        from connectors.kafka import KafkaDeadLetter
-        k = cfg.source.kafka
-        return KafkaDeadLetter(k.bootstrap_servers, d.topic, client_options=k.security_options())
-    return _DropDeadLetter()

@@ -26,9 +26,10 @@ import torch
 
 from streamd.checkpoint import load_checkpoint
 from streamd.config import ConfigError, StreamdConfig
-from streamd.daemon import STARTUP_GRACE_S, Daemon, PendingBatch, build_source, with_held_out
+from streamd.daemon import STARTUP_GRACE_S, Daemon, PendingBatch, with_held_out
 from streamd.distributed import Agreement, Cluster, merge_positions, weights_digest
 from streamd.learner import resolve_device
+from streamd.wiring import build_source
 
 log = logging.getLogger("streamd.distributed")
 

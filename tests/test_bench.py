@@ -7,9 +7,11 @@ import sys
 
 import pytest
 
-from streamd.cli import build_parser
-from streamd.evaluation import average_accuracy, backward_transfer, forgetting
+from streamd.bench.cl import check_plugin_options
 from streamd.bench.throughput import measure, verdicts
+from streamd.cli import build_parser
+from streamd.errors import UsageError
+from streamd.evaluation import average_accuracy, backward_transfer, forgetting
 
 RUN_KEYS = {"strategy", "seed", "acc_matrix", "avg_acc", "forgetting", "bwt", "step_seconds_median",
             "peak_memory_bytes", "backward_flops_per_step", "linear_probe_avg_acc", "train_memory_bytes_per_task",
@@ -96,3 +98,11 @@ def test_bench_freezing_reports_falling_flops_and_memory(tmp_path):
     memory = [r["train_bytes"] for r in rows]
     assert all(a > b for a, b in zip(flops, flops[1:])) and all(a > b for a, b in zip(memory, memory[1:]))
     assert rows[0]["backward_flops_vs_unfrozen"] == 1.0 and rows[4]["step_seconds_median"] > 0
+
+
+def test_bench_plugin_options_must_fit_and_be_used_before_any_training():
+    check_plugin_options(["finetune", "lump+freeze"], {"freeze": {"threshold": 0.5}})
+    with pytest.raises(UsageError, match="freeze options: threshhold: Extra inputs"):
+        check_plugin_options(["lump+freeze"], {"freeze": {"threshhold": 0.5}})
+    with pytest.raises(UsageError, match="for exssnet, which no strategy"):
+        check_plugin_options(["finetune", "replay"], {"exssnet": {}})

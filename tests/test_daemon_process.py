@@ -13,7 +13,7 @@ import torch
 from streamd.checkpoint import load_checkpoint
 from streamd.client import load_encoder
 from streamd.config import load_config
-from streamd.daemon import build_learner_from
+from streamd.wiring import build_learner_from
 from streamd.data import task_stream
 from streamd.snapshots import list_versions, read_manifest
 

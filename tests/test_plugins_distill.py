@@ -171,7 +171,7 @@ def test_kaizen_distils_the_classifier_and_replays_earlier_tasks_after_a_boundar
 
 @pytest.mark.parametrize("strategy", ["cassle", "cassle+replay", "kaizen"])
 def test_distillation_state_survives_a_checkpoint(strategy, tmp_path):
-    options = {"cassle": CASSLE, "kaizen": KAIZEN}
+    options = {name: value for name, value in {"cassle": CASSLE, "kaizen": KAIZEN}.items() if name in strategy}
     labels = torch.arange(16) % 10
     labels[1::3] = -1
     learner = tiny_learner(strategy, **options)

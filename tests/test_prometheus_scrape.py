@@ -16,7 +16,7 @@ from streamd.checkpoint import latest_checkpoint, load_checkpoint
 from streamd.cli import main as streamd_main
 from streamd.client import load_encoder
 from streamd.config import load_config
-from streamd.daemon import build_learner_from
+from streamd.wiring import build_learner_from
 from streamd.metrics import Metrics
 
 

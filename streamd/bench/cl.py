@@ -23,11 +23,13 @@ from streamd.bench import _memory
 from streamd.bench._machine import describe_machine, synced_clock
 from streamd.bench._summary import summarize
 from streamd.data import Task, task_stream, train_test
+from streamd.errors import UsageError
 from streamd.evaluation import (accuracy_row, average_accuracy, backward_transfer, forgetting,
                                 task_inference_accuracy)
 from streamd.flops import backward_flops
 from streamd.learner import build_learner, resolve_device
 from streamd.optim import OptimConfig
+from streamd.plugins import strategy_plugins, validate_plugin_options
 
 # --quick: tiny encoder, small images and heads, few steps: < 2 minutes on 2 CPU cores for 3 strategies.
 QUICK = {"arch": "resnet_tiny", "image_size": 16, "batch_size": 32, "steps_per_task": 20,
@@ -144,8 +146,10 @@ def run_strategy(setup: Setup, strategy: str) -> dict:
     torch.manual_seed(setup.seed)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
+    used = strategy_plugins(strategy)    # --plugin-options serves every strategy: each takes its plugins' part
     learner = build_learner(setup.arch, setup.image_size, args.objective, strategy,
-                            objective_kwargs=setup.objective_kwargs, plugin_options=args.plugin_options,
+                            objective_kwargs=setup.objective_kwargs,
+                            plugin_options={k: v for k, v in args.plugin_options.items() if k in used},
                             optim=OptimConfig(lr=args.lr), device=str(device))
     R, seconds, task_medians, task_memory, flops, frozen = [], [], [], [], [], []
     for t, (train, _) in enumerate(setup.splits):
@@ -199,8 +203,21 @@ def plot(result: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def check_plugin_options(strategies: list[str], options: dict[str, dict]) -> None:
+    """Before any training: each strategy accepts its part of ``options``, and every part is used."""
+    try:
+        for strategy in strategies:
+            validate_plugin_options(strategy, {k: v for k, v in options.items() if k in strategy_plugins(strategy)})
+    except ValueError as e:
+        raise UsageError(f"--plugin-options: {e}") from None
+    unused = sorted(set(options) - {p for s in strategies for p in strategy_plugins(s)})
+    if unused:
+        raise UsageError(f"--plugin-options for {', '.join(unused)}, which no strategy of {strategies} uses")
+
+
 def main(args: argparse.Namespace) -> int:
     strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
+    check_plugin_options(strategies, args.plugin_options)
     setups = [prepare(args, seed) for seed in args.seeds]
     setup = setups[0]
     result = {"dataset": args.dataset, "objective": args.objective, "split": args.split, "tasks": args.tasks,

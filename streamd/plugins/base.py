@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Callable
 
 import torch
+from pydantic import BaseModel, ConfigDict, ValidationError
 from torch import nn
 
 if TYPE_CHECKING:
@@ -14,8 +15,16 @@ if TYPE_CHECKING:
     from streamd.plugins.context import Batch, PluginContext
 
 
+class PluginOptions(BaseModel):
+    """A plugin's options (``[strategy.plugin_options.NAME]``): typed and bounded; unknown keys fail.
+    The constructor takes exactly these fields, so the defaults live here only."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
 class Plugin:
     name: str = "plugin"
+    options: type[PluginOptions] = PluginOptions
 
     def setup(self, ctx: "PluginContext") -> None:
         """Once, before the optimizer is built: create modules here so their params are optimized."""
@@ -67,19 +76,46 @@ class TaskMasks(Plugin):
 PLUGINS: dict[str, Callable[..., Plugin]] = {}
 
 
-def register(name: str):
+def register(name: str, options: type[PluginOptions] = PluginOptions):
+    """Registers a plugin class under its strategy name, with the model of its options."""
     def deco(cls):
-        cls.name = name
+        cls.name, cls.options = name, options
         PLUGINS[name] = cls
         return cls
     return deco
 
 
-def build_plugins(strategy: str, options: dict[str, dict] | None = None) -> list[Plugin]:
-    """"finetune" -> []; "cassle+replay" -> [CaSSLe(), Replay()]; options[name] are kwargs."""
-    options = options or {}
+def strategy_plugins(strategy: str) -> list[str]:
+    """"finetune" -> []; "cassle+replay" -> ["cassle", "replay"]; raises ValueError on an unknown part."""
     names = [n for n in strategy.split("+") if n and n != "finetune"]
     unknown = [n for n in names if n not in PLUGINS]
     if unknown:
-        raise ValueError(f"unknown strategy part(s) {unknown}; choose from finetune, {', '.join(sorted(PLUGINS))}")
-    return [PLUGINS[n](**options.get(n, {})) for n in names]
+        raise ValueError(f"unknown strategy part(s) {unknown}; allowed: finetune, {', '.join(sorted(PLUGINS))} "
+                         "(joined with '+')")
+    return names
+
+
+def validate_plugin_options(strategy: str, options: dict[str, dict] | None) -> dict[str, PluginOptions]:
+    """Each plugin's typed options. Raises ValueError, naming what is allowed, for options of a plugin
+    the strategy does not use, unknown keys and bad values: none is silently dropped."""
+    names, options = strategy_plugins(strategy), options or {}
+    stray = sorted(set(options) - set(names))
+    if stray:
+        raise ValueError(f"plugin_options for {', '.join(stray)}, which strategy {strategy!r} does not use "
+                         f"(its plugins: {', '.join(names) or 'none'})")
+    typed = {}
+    for name in names:
+        model = PLUGINS[name].options
+        try:
+            typed[name] = model.model_validate(options.get(name, {}))
+        except ValidationError as e:
+            problems = "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors())
+            raise ValueError(f"{name} options: {problems} (allowed: {', '.join(model.model_fields) or 'none'})") \
+                from None
+    return typed
+
+
+def build_plugins(strategy: str, options: dict[str, dict] | None = None) -> list[Plugin]:
+    """"cassle+replay" -> [CaSSLe, Replay], each built from its validated ``options[name]``."""
+    typed = validate_plugin_options(strategy, options)
+    return [PLUGINS[name](**typed[name].model_dump()) for name in strategy_plugins(strategy)]

@@ -9,10 +9,11 @@ from __future__ import annotations
 import copy
 
 import torch
+from pydantic import Field
 from torch import nn
 
 from models.heads import mlp
-from streamd.plugins.base import Plugin, register
+from streamd.plugins.base import Plugin, PluginOptions, register
 
 
 def projection_dim(projector: nn.Module) -> int:
@@ -20,9 +21,14 @@ def projection_dim(projector: nn.Module) -> int:
     return [m for m in projector.modules() if isinstance(m, nn.Linear)][-1].out_features
 
 
-@register("cassle")
+class CassleOptions(PluginOptions):
+    weight: float = Field(1.0, ge=0, description="weight of the distillation term")
+    predictor_hidden: int = Field(2048, ge=1, description="hidden width of the current-to-previous predictor")
+
+
+@register("cassle", CassleOptions)
 class CassleDistill(Plugin):
-    def __init__(self, weight: float = 1.0, predictor_hidden: int = 2048):
+    def __init__(self, weight: float, predictor_hidden: int):
         self.weight = weight
         self.predictor_hidden = predictor_hidden
         self.frozen: nn.ModuleDict | None = None

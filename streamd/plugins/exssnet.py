@@ -29,17 +29,19 @@ The projection/prediction heads are shared and always train; only encoder featur
 """
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 
 from models.objectives import MomentumObjective
 from models.supermask import add_slot, masked_layers, num_slots, to_supermask, use_slot
 from streamd.feature_density import FeatureGaussian
-from streamd.plugins.base import TaskMasks, register
+from streamd.plugins.base import PluginOptions, TaskMasks, register
 from streamd.replay_buffer import ReservoirBuffer
 
 PHASES = ("select", "scores", "weights", "fixed")
-INFER_BY = ("features", "ssl_loss")
 
 
 def knn_loo_accuracy(feats: torch.Tensor, labels: torch.Tensor, k: int = 10) -> float:
@@ -54,12 +56,19 @@ def knn_loo_accuracy(feats: torch.Tensor, labels: torch.Tensor, k: int = 10) -> 
     return float((votes.argmax(1) == labels).float().mean())
 
 
-@register("exssnet")
+class ExSSNeTOptions(PluginOptions):
+    density: float = Field(0.1, gt=0, le=1, description="share of weights each task's mask keeps")
+    score_steps: int = Field(100, ge=1, description="steps that train only the new mask's scores")
+    select_batches: int = Field(2, ge=1, description="stream batches KKT compares earlier masks on")
+    knn_k: int = Field(10, ge=1)
+    infer_by: Literal["features", "ssl_loss"] = Field("features", description="task inference rule")
+    inference_images: int = Field(256, ge=2, description="images per task its feature Gaussian is fitted on")
+
+
+@register("exssnet", ExSSNeTOptions)
 class ExSSNeTPlugin(TaskMasks):
-    def __init__(self, density: float = 0.1, score_steps: int = 100, select_batches: int = 2, knn_k: int = 10,
-                 infer_by: str = "features", inference_images: int = 256):
-        if infer_by not in INFER_BY:
-            raise ValueError(f"infer_by must be one of {INFER_BY}, got {infer_by!r}")
+    def __init__(self, density: float, score_steps: int, select_batches: int, knn_k: int,
+                 infer_by: Literal["features", "ssl_loss"], inference_images: int):
         self.density = density
         self.infer_by = infer_by
         self.inference_images = inference_images

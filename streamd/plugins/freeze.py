@@ -18,8 +18,9 @@ from __future__ import annotations
 import copy
 
 import torch
+from pydantic import Field
 
-from streamd.plugins.base import Plugin, register
+from streamd.plugins.base import Plugin, PluginOptions, register
 from streamd.similarity import centered_gram, cka_from_grams
 
 
@@ -51,10 +52,18 @@ def block_cka(ctx, previous, images: torch.Tensor, batch_size: int = 64) -> list
     return [float(cka_from_grams(k, l, debiased=True)) for k, l in zip(grams["previous"], grams["current"])]
 
 
-@register("freeze")
+class FreezeOptions(PluginOptions):
+    threshold: float = Field(0.9, ge=-1, le=1, description="freeze a block whose CKA between tasks reaches this")
+    max_new_blocks: int = Field(1, ge=1, description="blocks one decision may add to the frozen prefix")
+    decide_after: int = Field(50, ge=1, description="steps into a new task before deciding")
+    probe_images: int = Field(256, ge=4, description="new-task images the CKA is measured on (debiased: > 3)")
+    flops_images: int = Field(4, ge=1, description="images the saved-FLOPs ratio is measured on")
+
+
+@register("freeze", FreezeOptions)
 class FreezePlugin(Plugin):
-    def __init__(self, threshold: float = 0.9, max_new_blocks: int = 1, decide_after: int = 50,
-                 probe_images: int = 256, flops_images: int = 4):
+    def __init__(self, threshold: float, max_new_blocks: int, decide_after: int, probe_images: int,
+                 flops_images: int):
         self.threshold = threshold
         self.max_new_blocks = max_new_blocks
         self.decide_after = decide_after

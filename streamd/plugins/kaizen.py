@@ -12,10 +12,11 @@ import math
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import nn
 
 from streamd.plugins.base import register
-from streamd.plugins.cassle import CassleDistill
+from streamd.plugins.cassle import CassleDistill, CassleOptions
 from streamd.plugins.replay import ReplayPlugin
 from streamd.replay_buffer import ReservoirBuffer
 
@@ -31,12 +32,22 @@ def soft_cross_entropy(logits: torch.Tensor, teacher_logits: torch.Tensor) -> to
     return -(teacher_logits.softmax(-1) * logits.log_softmax(-1)).sum(-1).mean()
 
 
-@register("kaizen")
+class KaizenOptions(CassleOptions):
+    num_classes: int = Field(10, ge=1, description="classifier outputs (labels outside 0..num_classes-1 fail)")
+    ce_weight: float = Field(1.0, ge=0, description="cross-entropy on labelled rows")
+    classifier_distill_weight: float = Field(2.0, ge=0, description="distillation from the previous classifier")
+    memory_share: float = Field(0.01, gt=0, le=1, description="share of a finished task's rows kept for replay")
+    task_reservoir: int = Field(512, ge=1, description="reservoir of the current task the share is drawn from")
+    memory_capacity: int = Field(1024, ge=1)
+    replay_ratio: float = Field(0.25, ge=0)
+    seed: int = 0
+
+
+@register("kaizen", KaizenOptions)
 class KaizenPlugin(CassleDistill):
-    def __init__(self, weight: float = 1.0, predictor_hidden: int = 2048, num_classes: int = 10,
-                 ce_weight: float = 1.0, classifier_distill_weight: float = 2.0, memory_share: float = 0.01,
-                 task_reservoir: int = 512, memory_capacity: int = 1024, replay_ratio: float = 0.25,
-                 seed: int = 0):
+    def __init__(self, weight: float, predictor_hidden: int, num_classes: int, ce_weight: float,
+                 classifier_distill_weight: float, memory_share: float, task_reservoir: int, memory_capacity: int,
+                 replay_ratio: float, seed: int):
         super().__init__(weight, predictor_hidden)
         self.num_classes = num_classes
         self.ce_weight, self.classifier_distill_weight = ce_weight, classifier_distill_weight

@@ -2,16 +2,25 @@
 from __future__ import annotations
 
 import torch
+from pydantic import Field
 
-from streamd.plugins.base import register
+from streamd.plugins.base import PluginOptions, register
 from streamd.plugins.replay import ReplayPlugin
+from streamd.replay_buffer import Balance
 
 
-@register("lump")
+class LumpOptions(PluginOptions):
+    capacity: int = Field(256, ge=1, description="images remembered for mixing")
+    alpha: float = Field(0.4, gt=0, description="mixup coefficient ~ Beta(alpha, alpha)")
+    balance: Balance = "none"
+    seed: int = 0
+
+
+@register("lump", LumpOptions)
 class LumpPlugin(ReplayPlugin):
     """Reuses the replay plugin's buffer and persistence; only what it does with samples differs."""
 
-    def __init__(self, capacity: int = 256, alpha: float = 0.4, balance: str = "none", seed: int = 0):
+    def __init__(self, capacity: int, alpha: float, balance: Balance, seed: int):
         super().__init__(capacity=capacity, replay_ratio=0.0, balance=balance, seed=seed)
         self.beta = torch.distributions.Beta(alpha, alpha)
 

@@ -23,17 +23,25 @@ Importances are computed with the model in eval mode so BN running statistics st
 from __future__ import annotations
 
 import torch
+from pydantic import Field
 from torch import nn
 
-from streamd.plugins.base import Plugin, register
+from streamd.plugins.base import Plugin, PluginOptions, register
 from streamd.replay_buffer import ReservoirBuffer
+
+
+class RegularizerOptions(PluginOptions):
+    strength: float = Field(10.0, ge=0, description="weight of the importance-weighted pull to the anchor")
+    normalize: bool = Field(True, description="scale importances to a maximum of 1 per task")
+    sample_size: int = Field(256, ge=1, description="stream images kept to score importances at a task end")
+    batch_size: int = Field(64, ge=1)
+    seed: int = 0
 
 
 class ImportanceRegularizer(Plugin):
     """Everything MAS and EWC share; subclasses only say how one mini-batch scores parameters."""
 
-    def __init__(self, strength: float = 10.0, normalize: bool = True, sample_size: int = 256, batch_size: int = 64,
-                 seed: int = 0):
+    def __init__(self, strength: float, normalize: bool, sample_size: int, batch_size: int, seed: int):
         self.strength, self.normalize = strength, normalize
         self.sample_size, self.batch_size, self.seed = sample_size, batch_size, seed
         self.sample = ReservoirBuffer(sample_size, "none", seed)
@@ -112,7 +120,7 @@ def _grads(loss: torch.Tensor, params: list[nn.Parameter]) -> list[torch.Tensor]
     return [torch.zeros_like(p) if g is None else g for g, p in zip(grads, params)]
 
 
-@register("mas")
+@register("mas", RegularizerOptions)
 class MASPlugin(ImportanceRegularizer):
     """Memory Aware Synapses (Aljundi et al. 2018): how much the embedding moves per parameter."""
 
@@ -122,7 +130,7 @@ class MASPlugin(ImportanceRegularizer):
         return [g.abs() for g in _grads(feats.float().norm(dim=1).mean(), params)]
 
 
-@register("ewc")
+@register("ewc", RegularizerOptions)
 class EWCPlugin(ImportanceRegularizer):
     """Elastic Weight Consolidation (Kirkpatrick et al. 2017) with the SSL loss in place of the likelihood."""
 

@@ -1,13 +1,22 @@
 """Experience replay: every step trains on the stream batch plus a share of remembered samples."""
 from __future__ import annotations
 
-from streamd.plugins.base import Plugin, register
-from streamd.replay_buffer import ReservoirBuffer
+from pydantic import Field
+
+from streamd.plugins.base import Plugin, PluginOptions, register
+from streamd.replay_buffer import Balance, ReservoirBuffer
 
 
-@register("replay")
+class ReplayOptions(PluginOptions):
+    capacity: int = Field(512, ge=1, description="images remembered")
+    replay_ratio: float = Field(0.5, ge=0, description="replayed rows per stream row in each step")
+    balance: Balance = Field("task", description="reservoir balanced over tasks, classes, or not at all")
+    seed: int = 0
+
+
+@register("replay", ReplayOptions)
 class ReplayPlugin(Plugin):
-    def __init__(self, capacity: int = 512, replay_ratio: float = 0.5, balance: str = "task", seed: int = 0):
+    def __init__(self, capacity: int, replay_ratio: float, balance: Balance, seed: int):
         self.buffer = ReservoirBuffer(capacity, balance, seed)
         self.replay_ratio = replay_ratio
 

@@ -1,0 +1,71 @@
+"""From configuration to parts: the one place that knows which class each config section builds.
+
+The daemon (and each torchrun rank) asks for its learner, source, dead-letter sink, prober and
+snapshot publisher here, so the loop never imports a connector and a new source kind is one
+branch in ``build_source``. Connectors are imported lazily: a directory-only daemon never loads
+kafka-python.
+"""
+from __future__ import annotations
+
+from connectors.base import DeadLetterSink, Record, Source
+from streamd.config import StreamdConfig
+from streamd.learner import Learner, build_learner
+from streamd.metrics import Metrics
+from streamd.probe import Prober
+from streamd.snapshots import SnapshotPublisher
+
+
+def build_learner_from(cfg: StreamdConfig) -> Learner:
+    m, lc = cfg.model, cfg.learner
+    return build_learner(m.arch, m.image_size, m.objective, cfg.strategy.name, objective_kwargs=m.objective_kwargs,
+                         plugin_options=cfg.strategy.plugin_options, augment_kwargs=m.augment_kwargs,
+                         optim=cfg.optim, device=lc.device, amp=lc.amp, compile=lc.compile)
+
+
+def build_prober(cfg: StreamdConfig, metrics: Metrics) -> Prober:
+    p = cfg.probe
+    return Prober(per_task=p.per_task, every_steps=p.every_steps, history_path=p.history_dir, metrics=metrics,
+                  max_pending_rows=p.max_pending_rows)
+
+
+def build_publisher(cfg: StreamdConfig, metrics: Metrics) -> SnapshotPublisher:
+    s = cfg.snapshots
+    return SnapshotPublisher(s.dir, keep_last=s.keep_last, keep_task_end=s.keep_task_end, metrics=metrics)
+
+
+def build_source(cfg: StreamdConfig, metrics: Metrics | None = None) -> Source:
+    s = cfg.source
+    if s.kind == "directory":
+        from connectors.directory import DirectorySource
+        s.directory.path.mkdir(parents=True, exist_ok=True)
+        d = s.directory
+        return DirectorySource(d.path, d.task_from_subfolder, d.settle_seconds, d.on_commit, d.done_dir)
+    if s.kind == "kafka":
+        from connectors.kafka import KafkaSource
+        k = s.kafka
+        return KafkaSource(k.bootstrap_servers, k.topic, k.group_id, k.max_poll_records,
+                           client_options=k.consumer_options(), on_offsets_beyond_log_end=k.on_offsets_beyond_log_end,
+                           on_offsets_invalid=metrics.source_offsets_invalid.inc if metrics else None)
+    from connectors.parquet import ParquetSource
+    p = s.parquet
+    return ParquetSource(p.path, p.image_column, p.label_column, p.task_column, p.batch_rows)
+
+
+class _DropDeadLetter:
+    """dead_letter.kind = "none": the reason is logged and counted, the payload dropped."""
+
+    def send(self, record: Record, reason: str) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def build_dead_letter(cfg: StreamdConfig) -> DeadLetterSink:
+    d = cfg.dead_letter
+    if d.kind == "folder":
+        from connectors.directory import FolderDeadLetter
+        return FolderDeadLetter(d.path)
+    if d.kind == "kafka":
+        from connectors.kafka import KafkaDeadLetter
+        k = cfg.source.kafka
+        return KafkaDeadLetter(k.bootstrap_servers, d.topic, client_options=k.security_options())
+    return _DropDeadLetter()
