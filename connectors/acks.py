@@ -8,7 +8,7 @@ done, so that a restart re-delivers exactly what was not finished. Offsets may h
 """
 from __future__ import annotations
 
-from connectors.base import Position
+from streamd.connectors.base import Position
 
 
 class AckedPrefix:

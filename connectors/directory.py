@@ -27,7 +27,7 @@ import time
 from collections import deque
 from pathlib import Path
 
-from connectors.base import LABEL_HEADER, SHAPE_HEADER, TASK_HEADER, Position, Record
+from streamd.connectors.base import LABEL_HEADER, SHAPE_HEADER, TASK_HEADER, Position, Record
 from streamd.durable import atomic_write
 
 log = logging.getLogger(__name__)

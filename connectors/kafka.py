@@ -37,14 +37,14 @@ from kafka.consumer.subscription_state import ConsumerRebalanceListener
 from kafka.errors import CommitFailedError, KafkaError, RebalanceInProgressError
 from kafka.structs import OffsetAndMetadata
 
-from connectors.acks import AckedPrefix
-from connectors.base import Record
-from connectors.kafka_group import install_join_fix
-from connectors.kafka_keepalive import KeepAliveThread
-from connectors.kafka_offsets import (OFFSET_POLICIES, BeyondLogEnd, TopicRecreated, beyond_log_end, topic_id,
+from streamd.connectors.acks import AckedPrefix
+from streamd.connectors.base import Record
+from streamd.connectors.kafka_group import install_join_fix
+from streamd.connectors.kafka_keepalive import KeepAliveThread
+from streamd.connectors.kafka_offsets import (OFFSET_POLICIES, BeyondLogEnd, TopicRecreated, beyond_log_end, topic_id,
                                       topic_recreated)
-from connectors.kafka_parsing import install_parse_guards, records_of
-from connectors.kafka_sink import (DEAD_LETTER_POSITION_HEADER, DEAD_LETTER_REASON_HEADER,  # noqa: F401 -- re-exported
+from streamd.connectors.kafka_parsing import install_parse_guards, records_of
+from streamd.connectors.kafka_sink import (DEAD_LETTER_POSITION_HEADER, DEAD_LETTER_REASON_HEADER,  # noqa: F401 -- re-exported
                                    KafkaDeadLetter, KafkaSink)
 
 log = logging.getLogger(__name__)

@@ -33,8 +33,8 @@ from kafka.record.util import decode_varint
 
 import logging
 
-from connectors.base import CONTENT_TYPE_HEADER, PARSE_ERROR_HEADER, UNPARSEABLE_CONTENT_TYPE, Position, Record
-from connectors.wire import from_kafka_headers, is_arrow, split_arrow
+from streamd.connectors.base import CONTENT_TYPE_HEADER, PARSE_ERROR_HEADER, UNPARSEABLE_CONTENT_TYPE, Position, Record
+from streamd.connectors.wire import from_kafka_headers, is_arrow, split_arrow
 
 log = logging.getLogger(__name__)
 

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from kafka import KafkaProducer
 
-from connectors.base import CONTENT_TYPE_HEADER, Record
-from connectors.wire import kafka_headers
+from streamd.connectors.base import CONTENT_TYPE_HEADER, Record
+from streamd.connectors.wire import kafka_headers
 
 DEAD_LETTER_REASON_HEADER = "streamd-dead-letter-reason"
 DEAD_LETTER_POSITION_HEADER = "streamd-source-position"

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from connectors.acks import AckedPrefix
-from connectors.base import LABEL_HEADER, TASK_HEADER, Position, Record
-from connectors.directory import in_progress
-from connectors.wire import header_text
+from streamd.connectors.acks import AckedPrefix
+from streamd.connectors.base import LABEL_HEADER, TASK_HEADER, Position, Record
+from streamd.connectors.directory import in_progress
+from streamd.connectors.wire import header_text
 
 log = logging.getLogger(__name__)
 

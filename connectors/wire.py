@@ -13,7 +13,7 @@ from dataclasses import replace
 import numpy as np
 import pyarrow as pa
 
-from connectors.base import (ARROW_CONTENT_TYPE, CONTENT_TYPE_HEADER, LABEL_HEADER, RAW_CONTENT_TYPE, SHAPE_HEADER,
+from streamd.connectors.base import (ARROW_CONTENT_TYPE, CONTENT_TYPE_HEADER, LABEL_HEADER, RAW_CONTENT_TYPE, SHAPE_HEADER,
                              TASK_HEADER, Position, Record)
 
 IMAGE_FORMATS = ("png", "raw")

@@ -14,7 +14,7 @@ from torch import nn
 from torchvision.models import resnet
 from torchvision.models.vision_transformer import VisionTransformer
 
-from models.supermask import plain_state_dict
+from streamd.models.supermask import plain_state_dict
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ import httpx
 import safetensors.torch
 from torch import nn
 
-from models.encoders import EncoderSpec, build_encoder
+from streamd.models.encoders import EncoderSpec, build_encoder
 from streamd.errors import (AuthError, IntegrityError, LocalIOError, NotFoundError, UnreachableError, UsageError,
                             os_error_text)
 from streamd.snapshots import (CONFIG, LATEST, MANIFEST, MODEL, VERSION_RE, list_versions, read_manifest,

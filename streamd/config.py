@@ -96,7 +96,7 @@ class ModelConfig(_Section):
     @field_validator("arch")
     @classmethod
     def _known_arch(cls, v: str) -> str:
-        from models.encoders import ENCODERS
+        from streamd.models.encoders import ENCODERS
         allowed = sorted(ENCODERS)
         if v not in allowed:
             raise ValueError(f"unknown arch {v!r}; allowed: {', '.join(allowed)}")
@@ -105,7 +105,7 @@ class ModelConfig(_Section):
     @field_validator("objective")
     @classmethod
     def _known_objective(cls, v: str) -> str:
-        from models.objectives import OBJECTIVES
+        from streamd.models.objectives import OBJECTIVES
         if v not in OBJECTIVES:
             raise ValueError(f"unknown objective {v!r}; allowed: {', '.join(sorted(OBJECTIVES))}")
         return v

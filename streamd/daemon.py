@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from connectors.base import DeadLetterSink, Record, Source
+from streamd.connectors.base import DeadLetterSink, Record, Source
 from streamd.boundary import Boundary, build_boundary_detector
 from streamd.checkpoint import load_checkpoint, save_checkpoint
 from streamd.config import StreamdConfig

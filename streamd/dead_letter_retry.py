@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 
-from connectors.base import Record
+from streamd.connectors.base import Record
 
 FIRST_BACKOFF_S, MAX_BACKOFF_S = 1.0, 30.0
 

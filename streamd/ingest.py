@@ -21,9 +21,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from connectors.base import (ARROW_CONTENT_TYPE, PARSE_ERROR_HEADER, RAW_CONTENT_TYPE, SHAPE_HEADER,
+from streamd.connectors.base import (ARROW_CONTENT_TYPE, PARSE_ERROR_HEADER, RAW_CONTENT_TYPE, SHAPE_HEADER,
                              UNPARSEABLE_CONTENT_TYPE, Record)
-from connectors.wire import DecodeError, split_arrow
+from streamd.connectors.wire import DecodeError, split_arrow
 
 __all__ = ["DEAD_LETTER_REASONS", "DecodeError", "decode", "expand", "parse_label", "parse_task",
            "sniff_content_type"]

@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from models.encoders import EncoderSpec, build_encoder
-from models.objectives import Objective, ObjectiveOutput, build_objective
+from streamd.models.encoders import EncoderSpec, build_encoder
+from streamd.models.objectives import Objective, ObjectiveOutput, build_objective
 from streamd.augment import Preprocess, TwoViewAugment
 from streamd.optim import OptimConfig, build_optimizer, build_scheduler
 from streamd.plugins import Plugin, TaskMasks, build_plugins

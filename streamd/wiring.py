@@ -7,7 +7,7 @@ kafka-python.
 """
 from __future__ import annotations
 
-from connectors.base import DeadLetterSink, Record, Source
+from streamd.connectors.base import DeadLetterSink, Record, Source
 from streamd.config import StreamdConfig
 from streamd.learner import Learner, build_learner
 from streamd.metrics import Metrics
@@ -36,17 +36,17 @@ def build_publisher(cfg: StreamdConfig, metrics: Metrics) -> SnapshotPublisher:
 def build_source(cfg: StreamdConfig, metrics: Metrics | None = None) -> Source:
     s = cfg.source
     if s.kind == "directory":
-        from connectors.directory import DirectorySource
+        from streamd.connectors.directory import DirectorySource
         s.directory.path.mkdir(parents=True, exist_ok=True)
         d = s.directory
         return DirectorySource(d.path, d.task_from_subfolder, d.settle_seconds, d.on_commit, d.done_dir)
     if s.kind == "kafka":
-        from connectors.kafka import KafkaSource
+        from streamd.connectors.kafka import KafkaSource
         k = s.kafka
         return KafkaSource(k.bootstrap_servers, k.topic, k.group_id, k.max_poll_records,
                            client_options=k.consumer_options(), on_offsets_beyond_log_end=k.on_offsets_beyond_log_end,
                            on_offsets_invalid=metrics.source_offsets_invalid.inc if metrics else None)
-    from connectors.parquet import ParquetSource
+    from streamd.connectors.parquet import ParquetSource
     p = s.parquet
     return ParquetSource(p.path, p.image_column, p.label_column, p.task_column, p.batch_rows)
 
@@ -62,10 +62,10 @@ class _DropDeadLetter:
 def build_dead_letter(cfg: StreamdConfig) -> DeadLetterSink:
     d = cfg.dead_letter
     if d.kind == "folder":
-        from connectors.directory import FolderDeadLetter
+        from streamd.connectors.directory import FolderDeadLetter
         return FolderDeadLetter(d.path)
     if d.kind == "kafka":
-        from connectors.kafka import KafkaDeadLetter
+        from streamd.connectors.kafka import KafkaDeadLetter
         k = cfg.source.kafka
         return KafkaDeadLetter(k.bootstrap_servers, d.topic, client_options=k.security_options())
     return _DropDeadLetter()

@@ -77,7 +77,7 @@ class FailingThenHealedSink:
     """A real folder dead-letter sink that fails like a full disk for its first ``failures`` sends."""
 
     def __init__(self, folder: Path, failures: int):
-        from connectors.directory import FolderDeadLetter
+        from streamd.connectors.directory import FolderDeadLetter
 
         self.sink, self.failures, self.calls = FolderDeadLetter(folder), failures, 0
 

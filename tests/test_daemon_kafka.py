@@ -11,7 +11,7 @@ from conftest import create_topic, free_port
 from daemon_fixtures import kafka_source_toml, produce_kafka, start_daemon, wait_until, write_config
 from kafka import KafkaProducer
 
-from connectors.kafka import HEALTH_CHECK_S
+from streamd.connectors.kafka import HEALTH_CHECK_S
 from kafka_fixtures import committed_offsets
 from streamd.bench._broker import Broker
 from streamd.bench._daemons import RawHeaderKey

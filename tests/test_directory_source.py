@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from connectors.base import LABEL_HEADER, TASK_HEADER, Position, Record
-from connectors.directory import DirectorySource, DirectoryWriter, FolderDeadLetter
+from streamd.connectors.base import LABEL_HEADER, TASK_HEADER, Position, Record
+from streamd.connectors.directory import DirectorySource, DirectoryWriter, FolderDeadLetter
 
 SETTLE = 0.05
 

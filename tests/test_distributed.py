@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 from kafka import KafkaProducer
 
-from connectors.base import CONTENT_TYPE_HEADER
-from connectors.wire import encode_image, image_headers, kafka_headers
+from streamd.connectors.base import CONTENT_TYPE_HEADER
+from streamd.connectors.wire import encode_image, image_headers, kafka_headers
 from streamd.checkpoint import load_checkpoint, step_of
 from streamd.distributed import merge_positions
 from conftest import FAST_CLIENT, create_topic, free_port

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 from torchvision.models import ResNet
 
-from models.supermask import MaskedConv2d, MaskedLinear, MultitaskBatchNorm2d, masked_layers, to_supermask
+from streamd.models.supermask import MaskedConv2d, MaskedLinear, MultitaskBatchNorm2d, masked_layers, to_supermask
 from streamd.checkpoint import load_checkpoint, save_checkpoint
 from streamd.client import load_encoder
 from streamd.data import task_stream, train_test

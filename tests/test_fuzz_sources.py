@@ -8,10 +8,10 @@ import time
 
 import pytest
 
-from connectors.base import LABEL_HEADER, SHAPE_HEADER, TASK_HEADER
-from connectors.directory import DirectorySource, FolderDeadLetter
-from connectors.parquet import ParquetSource
-from connectors.wire import from_kafka_headers, header_bytes, kafka_headers
+from streamd.connectors.base import LABEL_HEADER, SHAPE_HEADER, TASK_HEADER
+from streamd.connectors.directory import DirectorySource, FolderDeadLetter
+from streamd.connectors.parquet import ParquetSource
+from streamd.connectors.wire import from_kafka_headers, header_bytes, kafka_headers
 from streamd.bench.fuzz_inputs import DEAD, fuzz_records, ingest_outcomes, write_to_directory, write_to_parquet
 
 N_CASES = 1000

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from connectors.base import ARROW_CONTENT_TYPE, LABEL_HEADER, SHAPE_HEADER, TASK_HEADER, Position, Record
-from connectors.wire import arrow_message, encode_image
+from streamd.connectors.base import ARROW_CONTENT_TYPE, LABEL_HEADER, SHAPE_HEADER, TASK_HEADER, Position, Record
+from streamd.connectors.wire import arrow_message, encode_image
 from streamd.ingest import DecodeError, decode, expand, parse_label, parse_task, sniff_content_type
 
 COLOUR = (200, 40, 90)
@@ -207,7 +207,7 @@ def _arrow_record(**columns) -> Record:
 
 def test_arrow_messages_that_would_vanish_flood_or_crash_are_dead_lettered_with_a_reason():
     import pyarrow as pa
-    from connectors.wire import MAX_ARROW_ROWS
+    from streamd.connectors.wire import MAX_ARROW_ROWS
     png = encoded(solid(), "PNG")
     for message, reason in [(_arrow_record(image=pa.array([], pa.binary())), "empty"),   # no rows: nothing to ack
                             (_arrow_record(image=pa.array([b"x"] * (MAX_ARROW_ROWS + 1), pa.binary())), "too_large")]:

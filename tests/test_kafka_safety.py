@@ -18,10 +18,10 @@ from kafka.consumer.fetcher import Fetcher
 from kafka.record.memory_records import MemoryRecords
 from test_kafka_source import consume, offsets, produce_images, topic_id
 
-from connectors.base import PARSE_ERROR_HEADER, UNPARSEABLE_CONTENT_TYPE
-from connectors.kafka import KafkaSource
+from streamd.connectors.base import PARSE_ERROR_HEADER, UNPARSEABLE_CONTENT_TYPE
+from streamd.connectors.kafka import KafkaSource
 from kafka_fixtures import committed_offsets
-from connectors.wire import encode_image
+from streamd.connectors.wire import encode_image
 from streamd.bench._broker import Broker
 from streamd.bench._daemons import RawHeaderKey
 from streamd.ingest import DecodeError, decode, expand
@@ -229,7 +229,7 @@ def test_a_checkpoint_without_a_topic_id_or_with_the_same_one_seeks_normally(kaf
 def test_only_checkpoint_offsets_with_two_known_topic_ids_are_compared():
     """Group-committed starts (None) carry no id; an unknown id (old checkpoint, a broker that sends
     none or the all-zero id) means no check rather than a false alarm."""
-    from connectors.kafka_offsets import topic_id as metadata_topic_id, topic_recreated
+    from streamd.connectors.kafka_offsets import topic_id as metadata_topic_id, topic_recreated
 
     starts = {TopicPartition("t", 0): 5, TopicPartition("t", 1): None}
     assert [(c.partition.partition, c.offset) for c in topic_recreated(starts, "old", "new")] == [(0, 5)]

@@ -9,11 +9,11 @@ import numpy as np
 from conftest import FAST_CLIENT, create_topic, tansu_broker
 from kafka import KafkaConsumer
 
-from connectors.base import ARROW_CONTENT_TYPE, CONTENT_TYPE_HEADER, Position, Record
-from connectors.kafka import (DEAD_LETTER_POSITION_HEADER, DEAD_LETTER_REASON_HEADER, KafkaDeadLetter, KafkaSink,
+from streamd.connectors.base import ARROW_CONTENT_TYPE, CONTENT_TYPE_HEADER, Position, Record
+from streamd.connectors.kafka import (DEAD_LETTER_POSITION_HEADER, DEAD_LETTER_REASON_HEADER, KafkaDeadLetter, KafkaSink,
                               KafkaSource)
 from kafka_fixtures import committed_offsets
-from connectors.wire import arrow_message, encode_image, from_kafka_headers, image_headers
+from streamd.connectors.wire import arrow_message, encode_image, from_kafka_headers, image_headers
 from streamd.ingest import decode, parse_label
 
 

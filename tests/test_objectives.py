@@ -4,8 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from models.encoders import EncoderSpec, build_encoder
-from models.objectives import OBJECTIVES, build_objective
+from streamd.models.encoders import EncoderSpec, build_encoder
+from streamd.models.objectives import OBJECTIVES, build_objective
 from cl_fixtures import IMAGE_SIZE, objective_kwargs
 
 

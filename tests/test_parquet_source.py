@@ -7,9 +7,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from connectors.base import LABEL_HEADER, TASK_HEADER
-from connectors.parquet import ParquetSource
-from connectors.wire import encode_image
+from streamd.connectors.base import LABEL_HEADER, TASK_HEADER
+from streamd.connectors.parquet import ParquetSource
+from streamd.connectors.wire import encode_image
 from streamd.ingest import decode, parse_label
 
 

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cl_fixtures import assert_same_next_step, images, one_torch_thread, tiny_learner, train  # noqa: F401
-from models.objectives import OBJECTIVES
+from streamd.models.objectives import OBJECTIVES
 
 CASSLE = {"predictor_hidden": 32}
 KAIZEN = {"predictor_hidden": 32, "memory_share": 0.1}

@@ -10,9 +10,9 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import FAST_CLIENT
 
-from connectors.base import TASK_HEADER
-from connectors.directory import DirectorySource
-from connectors.kafka import KafkaSource
+from streamd.connectors.base import TASK_HEADER
+from streamd.connectors.directory import DirectorySource
+from streamd.connectors.kafka import KafkaSource
 from streamd.cli import main
 from streamd.data import task_stream
 from streamd.ingest import decode, parse_label

@@ -1,9 +1,9 @@
 """String-keyed registry of SSL objectives; configuration picks one without touching the loop."""
 from __future__ import annotations
 
-from models.encoders import Encoder
-from models.objectives.base import MomentumObjective, Objective, ObjectiveOutput
-from models.objectives.methods import BYOL, BarlowTwins, MoCoV3, SimCLR, SimSiam, VICReg
+from streamd.models.encoders import Encoder
+from streamd.models.objectives.base import MomentumObjective, Objective, ObjectiveOutput
+from streamd.models.objectives.methods import BYOL, BarlowTwins, MoCoV3, SimCLR, SimSiam, VICReg
 
 OBJECTIVES: dict[str, type[Objective]] = {
     cls.name: cls for cls in (SimCLR, SimSiam, BYOL, BarlowTwins, VICReg, MoCoV3)

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from models.encoders import Encoder
+from streamd.models.encoders import Encoder
 
 
 @dataclass

@@ -4,9 +4,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from models.heads import mlp
-from models.objectives import losses
-from models.objectives.base import MomentumObjective, Objective
+from streamd.models.heads import mlp
+from streamd.models.objectives import losses
+from streamd.models.objectives.base import MomentumObjective, Objective
 
 
 class SimCLR(Objective):

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from models.objectives import OBJECTIVES
+from streamd.models.objectives import OBJECTIVES
 from streamd.bench import _memory
 from streamd.bench._machine import describe_machine, synced_clock
 from streamd.bench._summary import summarize

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import torch
 
-from models.encoders import EncoderSpec, build_encoder
-from models.objectives import OBJECTIVES
+from streamd.models.encoders import EncoderSpec, build_encoder
+from streamd.models.objectives import OBJECTIVES
 from streamd.bench import _memory
 from streamd.bench._machine import describe_machine, synced_clock
 from streamd.bench.cl import objective_kwargs

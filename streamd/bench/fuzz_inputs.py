@@ -20,10 +20,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from connectors.base import ARROW_CONTENT_TYPE, LABEL_HEADER, RAW_CONTENT_TYPE, SHAPE_HEADER, TASK_HEADER, \
+from streamd.connectors.base import ARROW_CONTENT_TYPE, LABEL_HEADER, RAW_CONTENT_TYPE, SHAPE_HEADER, TASK_HEADER, \
     Position, Record
-from connectors.directory import CONTENT_TYPES, SIDECAR_HEADERS, DirectoryWriter
-from connectors.wire import from_kafka_headers, header_bytes
+from streamd.connectors.directory import CONTENT_TYPES, SIDECAR_HEADERS, DirectoryWriter
+from streamd.connectors.wire import from_kafka_headers, header_bytes
 from streamd.bench import _fuzz_bytes as fb
 from streamd.ingest import DecodeError, decode, expand, parse_label, parse_task
 

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import torch
 
-from models.encoders import EncoderSpec, build_encoder
-from models.objectives import OBJECTIVES, build_objective
+from streamd.models.encoders import EncoderSpec, build_encoder
+from streamd.models.objectives import OBJECTIVES, build_objective
 from streamd.augment import TwoViewAugment
 from streamd.bench._machine import describe_machine, synced_clock
 from streamd.learner import build_learner, resolve_device

@@ -16,8 +16,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from connectors.base import ARROW_CONTENT_TYPE, CONTENT_TYPE_HEADER, LABEL_HEADER, SHAPE_HEADER, TASK_HEADER
-from connectors.wire import arrow_message, encode_image, image_headers
+from streamd.connectors.base import ARROW_CONTENT_TYPE, CONTENT_TYPE_HEADER, LABEL_HEADER, SHAPE_HEADER, TASK_HEADER
+from streamd.connectors.wire import arrow_message, encode_image, image_headers
 from streamd.errors import LocalIOError, NotFoundError, UnreachableError, UsageError, os_error_text
 
 FORMATS = ("png", "raw", "arrow")
@@ -94,7 +94,7 @@ class KafkaOut:
     def __init__(self, args):
         from kafka.errors import KafkaConfigurationError, KafkaTimeoutError
 
-        from connectors.kafka import KafkaSink
+        from streamd.connectors.kafka import KafkaSink
 
         try:
             self.sink = KafkaSink(args.bootstrap_servers, args.topic, parse_client_options(args.client_option))
@@ -140,7 +140,7 @@ class DirOut:
     """``[task-NNN/]SEQUENCE.ext`` files (names sort in sending order), sidecars for label/shape."""
 
     def __init__(self, args):
-        from connectors.directory import DirectoryWriter
+        from streamd.connectors.directory import DirectoryWriter
 
         if args.format == "arrow":
             raise UsageError("--format arrow is for Kafka; a directory gets one file per image (png or raw)")

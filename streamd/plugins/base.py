@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from torch import nn
 
 if TYPE_CHECKING:
-    from models.objectives import ObjectiveOutput
+    from streamd.models.objectives import ObjectiveOutput
     from streamd.plugins.context import Batch, PluginContext
 
 

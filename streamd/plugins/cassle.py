@@ -12,7 +12,7 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from models.heads import mlp
+from streamd.models.heads import mlp
 from streamd.plugins.base import Plugin, PluginOptions, register
 
 

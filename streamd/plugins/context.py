@@ -16,7 +16,7 @@ from torch import nn
 from streamd.flops import backward_flops
 
 if TYPE_CHECKING:
-    from models.objectives import Objective
+    from streamd.models.objectives import Objective
 
 
 @dataclass

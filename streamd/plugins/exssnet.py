@@ -35,8 +35,8 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from models.objectives import MomentumObjective
-from models.supermask import add_slot, masked_layers, num_slots, to_supermask, use_slot
+from streamd.models.objectives import MomentumObjective
+from streamd.models.supermask import add_slot, masked_layers, num_slots, to_supermask, use_slot
 from streamd.feature_density import FeatureGaussian
 from streamd.plugins.base import PluginOptions, TaskMasks, register
 from streamd.replay_buffer import ReservoirBuffer
