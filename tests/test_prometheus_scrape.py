@@ -86,8 +86,11 @@ def test_daemon_process_publishes_snapshots_that_pull_and_load_encoder_reproduce
                 assert torch.equal(load_encoder(pulled)(x), expected)
                 assert torch.equal(load_encoder(url, version=latest["name"])(x), expected)
 
-            consumed = wait_until(lambda: query(prom, "streamd_records_consumed_total"), 30, "a scrape of the daemon")
-            assert float(consumed[0]["value"][1]) == 48 and consumed[0]["metric"]["job"] == "streamd"
+            # The newest stored sample may predate the end of training (a scrape taken mid-run, the
+            # next ones not yet in): wait for a scrape that saw all 48, as for the snapshot version.
+            consumed = wait_until(lambda: [r for r in query(prom, "streamd_records_consumed_total")
+                                           if float(r["value"][1]) == 48], 30, "a scrape with all 48 records")
+            assert consumed[0]["metric"]["job"] == "streamd"
             wait_until(lambda: [r for r in query(prom, "streamd_snapshot_version")
                                 if float(r["value"][1]) == latest["version"]], 15, "the snapshot version series")
             check = subprocess.run(["promtool", "check", "metrics"], input=httpx.get(f"{url}/metrics").content,
