@@ -20,6 +20,7 @@ class TwoViewAugment(nn.Module):
                  gray_p: float = 0.2, blur_p: float = 0.0, solarize_p: float = 0.0,
                  mean=MEAN, std=STD):
         super().__init__()
+        self.image_size = image_size
         steps = [
             K.RandomResizedCrop((image_size, image_size), scale=(min_scale, 1.0)),
             K.RandomHorizontalFlip(),

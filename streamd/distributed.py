@@ -11,10 +11,14 @@ rank weighted by its number of stream rows, so every rank applies the same avera
 the weights stay identical without wrapping the objective (momentum targets follow, since they
 are a function of the weights). Buffers (BatchNorm statistics) are taken from rank 0, as DDP
 does. A rank without a batch, or whose loss was not finite, still takes part in the step with
-weight 0 (``idle_step``), so no rank ever waits for data that another rank does not have.
+weight 0 (``idle_step``: the learner's ordinary step tail, plugins' ``after_step`` included, so
+step-counted plugin state stays identical), so no rank ever waits for data that another rank does
+not have. When a plugin rebuilds the optimizer mid-task (a phase change, e.g. ExSSNeT's mask
+transfer), rank 0's modules are broadcast: a decision taken on each rank's own rows then still
+leaves one model.
 
-Checkpoints and the daemon-side rounds live in ``streamd/distributed_daemon.py``; this module
-holds only the collectives.
+The daemon (``streamd/daemon.py``) holds a ``Cluster`` at all times and calls it at a few named
+seams; with one rank every method is a cheap no-op, so one loop serves both cases.
 """
 from __future__ import annotations
 
@@ -53,6 +57,8 @@ class Cluster:
         self.task = -1               # the last task all ranks agreed on
         self._weight = 1.0
         self._hook = None
+        self._optimizer = None       # the learner's optimizer as of the last broadcast
+        self._positions: dict = {}   # every rank's source positions as of the last gather
 
     @classmethod
     def from_env(cls, device: torch.device | None = None) -> "Cluster":
@@ -88,6 +94,14 @@ class Cluster:
         rows, task, frozen, ckpt, stop, idle = (int(round(v)) for v in vec.tolist())
         return Agreement(rows, task, frozen, bool(ckpt), bool(stop), idle)
 
+    def any(self, flag: bool) -> bool:
+        """Whether ``flag`` holds on some rank (every rank gets the same answer)."""
+        if not self.enabled:
+            return flag
+        vec = torch.tensor([float(flag)], dtype=torch.float64, device=self.device)
+        dist.all_reduce(vec)
+        return bool(vec.item())
+
     def apply(self, agreement: Agreement, learner) -> None:
         """Brings this rank's learner to rank 0's frozen prefix and task, before the step.
 
@@ -95,8 +109,6 @@ class Cluster:
         takes the same branch and the broadcast below stays matched. A first step with no task
         yet begins task 0 (as ``Learner.step`` would) on every rank at once.
         """
-        if not self.enabled:
-            return
         if agreement.frozen_blocks != learner.encoder.frozen_blocks:
             learner.encoder.freeze_prefix(agreement.frozen_blocks)
         task = 0 if agreement.task < 0 and agreement.rows and self.task < 0 else agreement.task
@@ -105,13 +117,19 @@ class Cluster:
             learner.begin_task(task)
             self.broadcast_modules(learner)   # plugins may have built new modules (predictors)
 
+    def after_step(self, learner) -> None:
+        """A plugin that rebuilt the optimizer during the step changed what learns (a phase): all
+        ranks did so at the same step, and now take rank 0's modules."""
+        if self.enabled and learner.optimizer is not self._optimizer:
+            self.broadcast_modules(learner)
+
     # Gradients ----------------------------------------------------------------------------------
     def attach(self, learner) -> None:
         """Starts averaging ``learner``'s gradients and gives every rank rank 0's weights."""
+        self.task = learner.task
         if not self.enabled:
             return
         self._learner = learner
-        self.task = learner.task
         self._hook = register_optimizer_step_pre_hook(self._average_gradients)
         self.broadcast_modules(learner)
 
@@ -126,13 +144,12 @@ class Cluster:
 
     def idle_step(self, learner) -> None:
         """Takes part in a step without data (or after a non-finite loss, when the others are
-        already in the gradient all-reduce): contributes nothing, applies the others' average."""
+        already in the gradient all-reduce): contributes nothing, applies the others' average.
+        With one rank there are no others: nothing happens."""
+        if not self.enabled:
+            return
         with self.weighted(0):
-            learner.optimizer.zero_grad(set_to_none=True)
-            learner.optimizer.step()          # the pre-hook fills in the averaged gradients
-        learner.scheduler.step()
-        learner.objective.after_optimizer_step()
-        learner.step_count += 1
+            learner.step_without_rows()       # the pre-hook fills in the averaged gradients
 
     def _average_gradients(self, optimizer, args, kwargs) -> None:
         learner = self._learner
@@ -161,6 +178,9 @@ class Cluster:
     @torch.no_grad()
     def broadcast_modules(self, learner) -> None:
         """Rank 0's parameters and buffers to every rank (at start and when modules appear)."""
+        self._optimizer = learner.optimizer
+        if not self.enabled:
+            return
         for module in self._modules(learner):
             for t in module.state_dict(keep_vars=True).values():
                 dist.broadcast(t.data, 0)
@@ -172,21 +192,33 @@ class Cluster:
                 dist.broadcast(b, 0)
 
     # Checkpoints --------------------------------------------------------------------------------
-    def gather_positions(self, positions: dict) -> dict:
-        """All ranks' source positions merged (every rank gets the result)."""
-        if not self.enabled:
-            return positions
-        everyone: list[dict] = [{} for _ in range(self.world_size)]
-        dist.all_gather_object(everyone, positions)
-        return merge_positions(everyone)
+    def gather_positions(self, own: dict) -> dict:
+        """Collects every rank's source positions (all ranks call it, right before a checkpoint)
+        and returns ``positions(own)``."""
+        if self.enabled:
+            everyone: list[dict] = [{} for _ in range(self.world_size)]
+            dist.all_gather_object(everyone, own)
+            self._positions = merge_positions(everyone)
+        return self.positions(own)
 
-    def broadcast_object(self, obj):
-        """Rank 0's object (e.g. the loaded checkpoint) on every rank."""
-        if not self.enabled:
-            return obj
-        box = [obj if self.is_main else None]
-        dist.broadcast_object_list(box, src=0)
-        return box[0]
+    def positions(self, own: dict) -> dict:
+        """What a checkpoint records: this rank's positions, and the others' as of the last gather,
+        so any rank can resume any partition after a rebalance."""
+        return merge_positions([self._positions, own]) if self.enabled else own
+
+    def adopt_main_state(self, learner, positions: dict | None) -> dict | None:
+        """After each rank restored its own checkpoint (``positions`` are its own, None without
+        one): every rank takes rank 0's learner state (its own plugins' state kept) and rank 0's
+        source positions, so all ranks restart identical even when a crash hit between two ranks'
+        writes. Returns the positions to seek."""
+        if self.enabled:
+            learner_state = {k: v for k, v in learner.state_dict().items() if k != "plugins"}
+            box = [{"learner": learner_state, "positions": positions} if self.is_main else None]
+            dist.broadcast_object_list(box, src=0)
+            learner.load_state_dict({**box[0]["learner"], "plugins": learner.state_dict()["plugins"]})
+            positions = box[0]["positions"] if box[0]["positions"] is not None else positions
+        self.attach(learner)
+        return positions
 
     def close(self) -> None:
         if self._hook is not None:

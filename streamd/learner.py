@@ -145,13 +145,26 @@ class Learner:
         total.backward()
         if self.optim_cfg.clip_grad_norm:
             nn.utils.clip_grad_norm_(self.trainable_parameters(), self.optim_cfg.clip_grad_norm)
+        self._finish_step(batch, out)
+        return StepResult(float(total.detach()), terms={k: float(v.detach()) for k, v in terms.items()})
+
+    def step_without_rows(self) -> None:
+        """This process's part of a step that other data-parallel ranks' rows drive: no loss of its
+        own (the optimizer's gradients come from the others), then the same tail as ``step``, so
+        step-counted plugin state (phases, resets, schedules) stays identical on every rank."""
+        self._task_ended = False
+        self.optimizer.zero_grad(set_to_none=True)
+        size = self.augment.image_size
+        empty = self.make_batch(torch.zeros((0, 3, size, size), dtype=torch.uint8))
+        self._finish_step(empty, None)
+
+    def _finish_step(self, batch: Batch, out: ObjectiveOutput | None) -> None:
         self.optimizer.step()
         self.scheduler.step()
         self.objective.after_optimizer_step()
         for p in self.plugins:
             p.after_step(self.context, batch, out)
         self.step_count += 1
-        return StepResult(float(total.detach()), terms={k: float(v.detach()) for k, v in terms.items()})
 
     # Inference -----------------------------------------------------------------------------
     def embed(self, images: torch.Tensor, task: int | None = None, batch_size: int = 512,

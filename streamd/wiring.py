@@ -8,11 +8,26 @@ kafka-python.
 from __future__ import annotations
 
 from streamd.connectors.base import DeadLetterSink, Record, Source
-from streamd.config import StreamdConfig
+from streamd.config import ConfigError, StreamdConfig
+from streamd.distributed import Cluster
 from streamd.learner import Learner, build_learner
 from streamd.metrics import Metrics
 from streamd.probe import Prober
 from streamd.snapshots import SnapshotPublisher
+
+
+def rank_config(cfg: StreamdConfig, cluster: Cluster) -> StreamdConfig:
+    """One of several ranks writes its own checkpoints (CHECKPOINT_DIR/rank-NNN/) and audit log
+    (NAME.rankN.log); only Kafka's consumer group can split a stream between ranks."""
+    if not cluster.enabled:
+        return cfg
+    if cfg.source.kind != "kafka":
+        raise ConfigError(f"source.kind {cfg.source.kind!r} cannot be shared by {cluster.world_size} ranks: "
+                          "only a Kafka consumer group splits a stream between ranks")
+    own = {"checkpoint": cfg.checkpoint.model_copy(update={"dir": cfg.checkpoint.dir / f"rank-{cluster.rank:03d}"})}
+    if cfg.audit_log:
+        own["audit_log"] = cfg.audit_log.with_name(f"{cfg.audit_log.stem}.rank{cluster.rank}{cfg.audit_log.suffix}")
+    return cfg.model_copy(update=own)
 
 
 def build_learner_from(cfg: StreamdConfig) -> Learner:

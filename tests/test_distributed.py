@@ -25,8 +25,8 @@ PARTITIONS = 2
 IMAGE = 16
 
 
-def produce(bootstrap: str, topic: str, tasks: list[int], per_task: int) -> set[str]:
-    """Raw images with task headers, spread evenly over the partitions; returns their positions."""
+def produce(bootstrap: str, topic: str, tasks: list[int], per_task: int, partitions: int = PARTITIONS) -> set[str]:
+    """Raw images with task headers, spread evenly over the first ``partitions``; returns their positions."""
     rng = np.random.default_rng(sum(tasks))
     producer = KafkaProducer(bootstrap_servers=bootstrap)
     futures = []
@@ -35,13 +35,26 @@ def produce(bootstrap: str, topic: str, tasks: list[int], per_task: int) -> set[
             pixels = rng.integers(0, 256, (IMAGE, IMAGE, 3), dtype=np.uint8) // (task + 1)
             payload, content_type, extra = encode_image(pixels, "raw")
             headers = {CONTENT_TYPE_HEADER: content_type, **extra, **image_headers(task, i % 4)}
-            futures.append(producer.send(topic, payload, headers=kafka_headers(headers), partition=i % PARTITIONS))
+            futures.append(producer.send(topic, payload, headers=kafka_headers(headers), partition=i % partitions))
     positions = {f"{m.topic}:{m.partition}@{m.offset}" for m in (f.get(timeout=30) for f in futures)}
     producer.close()
     return positions
 
 
-def write_config(tmp_path: Path, bootstrap: str, topic: str) -> Path:
+LUMP = '''
+[strategy]
+name = "lump"
+'''
+# Two short ExSSNeT phases per task: a rank that skipped the step tail would change phase later
+# than the other, and its optimizer (the learning tensors) would no longer match in the all-reduce.
+EXSSNET = '''
+[strategy]
+name = "exssnet"
+plugin_options.exssnet = { score_steps = 2, select_batches = 1, density = 0.5 }
+'''
+
+
+def write_config(tmp_path: Path, bootstrap: str, topic: str, strategy: str = LUMP) -> Path:
     client = ", ".join(f"{k} = {v}" for k, v in FAST_CLIENT.items())
     path = tmp_path / "streamd.toml"
     path.write_text(f"""
@@ -65,10 +78,7 @@ arch = "resnet_tiny"
 image_size = {IMAGE}
 objective = "byol"   # a momentum target: it must stay in sync too
 objective_kwargs = {{ proj_hidden = 64, proj_dim = 32, pred_hidden = 16 }}
-
-[strategy]
-name = "lump"
-
+{strategy}
 [learner]
 device = "cpu"
 batch_size = 8
@@ -156,6 +166,25 @@ def test_two_ranks_train_one_model_on_disjoint_partitions_and_resume(kafka_broke
     restored = [weights(lines, "restored") for lines in runs2]
     assert restored[0] == restored[1] == {max(steps1): steps1[max(steps1)]}   # resumed the final weights
     assert min(steps2) == max(steps1) + 1
+
+
+def test_a_rank_without_data_runs_the_same_step_tail_so_step_counted_plugin_state_agrees(kafka_broker, tmp_path):
+    """All records on one partition: one rank trains, the other only joins each step with weight 0.
+    ExSSNeT counts its phases in steps and resets weights after each step; the idle rank must do
+    both too, or the ranks' optimizers and weights part ways."""
+    topic = create_topic(kafka_broker, partitions=PARTITIONS, prefix="idle-rank")
+    records = produce(kafka_broker, topic, tasks=[0, 1], per_task=32, partitions=1)
+    torchrun(write_config(tmp_path, kafka_broker, topic, EXSSNET), tmp_path / "torchrun.log")
+    runs = [audit(tmp_path, rank, 1) for rank in (0, 1)]
+    by_rank = sorted((trained(lines) for lines in runs), key=len)
+    assert by_rank[0] == [] and sorted(by_rank[1]) == sorted(records)   # one rank had no data at all
+    steps = [weights(lines) for lines in runs]
+    assert len(steps[0]) >= 6 and steps[0] == steps[1]   # identical weights after every step
+    plugin_states = [load_checkpoint(tmp_path / "checkpoints" / f"rank-{rank:03d}")["learner"]["plugins"]["exssnet"]
+                     for rank in (0, 1)]
+    # (Boundaries are rank 0's: if rank 0 is the idle one, the whole stream stays task 0.)
+    phases = [(s["slot"], s["phase"], s["steps_in_phase"]) for s in plugin_states]
+    assert phases[0] == phases[1] and phases[0][1] == "weights" and phases[0][2] >= 1, phases
 
 
 def test_merge_positions_keeps_the_newest_offset_of_each_partition():

@@ -25,9 +25,11 @@ def main(args) -> int:
     logging.basicConfig(level=cfg.logging.level, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from streamd.checkpoint import NoLoadableCheckpoint, set_aside
-    from streamd.distributed_daemon import build_daemon  # a Daemon, or one rank of several under torchrun
+    from streamd.daemon import Daemon
+    from streamd.distributed import Cluster
+    from streamd.learner import resolve_device
 
-    daemon = build_daemon(cfg)
+    daemon = Daemon(cfg, cluster=Cluster.from_env(resolve_device(cfg.learner.device)))  # one rank of several under torchrun
     if args.reset:
         set_aside(daemon.cfg.checkpoint.dir)  # the daemon's own: under torchrun, this rank's folder
     try:

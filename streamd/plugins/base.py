@@ -44,7 +44,9 @@ class Plugin:
         """Named loss terms added to the SSL loss (distillation, regularization, ...)."""
         return {}
 
-    def after_step(self, ctx: "PluginContext", batch: "Batch", out: "ObjectiveOutput") -> None: ...
+    def after_step(self, ctx: "PluginContext", batch: "Batch", out: "ObjectiveOutput | None") -> None:
+        """After the optimizer step. On a data-parallel rank without rows of its own the batch is
+        empty and ``out`` is None: the hook still runs, so step-counted state agrees across ranks."""
 
     def state_dict(self) -> dict:
         return {}

@@ -123,13 +123,17 @@ class ExSSNeTPlugin(TaskMasks):
         self.ctx.rebuild_optimizer()
 
     def _apply_phase(self) -> None:
-        """Which encoder tensors learn in this phase (the heads always do)."""
+        """Which encoder tensors learn in this phase (the heads always do). The weights phase's
+        region is set here, not at the next batch: a data-parallel rank without rows must reset
+        the same weights after the optimizer step as the ranks that have them."""
         use_slot(self.ctx.objective, self.slot)
         for layer in masked_layers(self.ctx.encoder):
             layer.weight.requires_grad_(self.phase == "weights")
             layer.restrict_learning(None)
             for i, scores in enumerate(layer.scores):
                 scores.requires_grad_(self.phase == "scores" and i == self.slot)
+        if self.phase == "weights":
+            self._restrict_to_free_weights()
 
     def _restrict_to_free_weights(self) -> None:
         """Phase 2 region: this slot's mask minus every other trained slot's mask."""
@@ -144,8 +148,6 @@ class ExSSNeTPlugin(TaskMasks):
     # Steps -------------------------------------------------------------------------------------
     def before_step(self, ctx, batch):
         use_slot(ctx.objective, self.slot)  # evaluation may have switched slots
-        if self.phase == "weights" and masked_layers(ctx.encoder)[0].region is None:
-            self._restrict_to_free_weights()    # lazily: also right after a restore
         return batch
 
     def after_step(self, ctx, batch, out):
@@ -170,6 +172,8 @@ class ExSSNeTPlugin(TaskMasks):
         images = torch.cat([i for i, _ in self.kept])
         labels = torch.cat([lab for _, lab in self.kept])
         candidates = sorted(s for s in self.slots.values() if s != self.slot)
+        if not len(images):   # a data-parallel rank that had no rows: rank 0's choice is broadcast anyway
+            return self._transfer(ctx, candidates[-1], candidates, [], "newest")
         labelled = labels >= 0
         by_knn = 2 * int(labelled.sum()) >= len(labels) and int(labelled.sum()) > 2
         if by_knn:
@@ -179,11 +183,13 @@ class ExSSNeTPlugin(TaskMasks):
         else:
             rule, fits = self.unlabelled_fits(ctx, images, candidates)
             best = candidates[min(range(len(fits)), key=fits.__getitem__)]
+        return self._transfer(ctx, best, candidates, fits, "knn" if by_knn else rule)
+
+    def _transfer(self, ctx, best: int, candidates: list[int], fits: list[float], rule: str) -> int:
         with torch.no_grad():
             for layer in masked_layers(ctx.encoder):
                 layer.scores[self.slot].copy_(layer.scores[best])
-        self.history.append({"task": ctx.task, "candidates": candidates, "fits": fits, "chosen": best,
-                             "by": "knn" if by_knn else rule})
+        self.history.append({"task": ctx.task, "candidates": candidates, "fits": fits, "chosen": best, "by": rule})
         self.kept = []
         return best
 
