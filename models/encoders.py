@@ -14,7 +14,10 @@ from torch import nn
 from torchvision.models import resnet
 from torchvision.models.vision_transformer import VisionTransformer
 
+from streamd.models.registry import Registry
 from streamd.models.supermask import plain_state_dict
+
+ENCODERS = Registry("encoder arch")
 
 
 @dataclass(frozen=True)
@@ -121,6 +124,7 @@ def build_torchvision_resnet(arch: str, image_size: int, in_channels: int = 3) -
     return net
 
 
+@ENCODERS.register("resnet18", "resnet50", "resnet_tiny")
 class ResNetEncoder(Encoder):
     def __init__(self, spec: EncoderSpec):
         super().__init__(spec)
@@ -144,6 +148,7 @@ class ResNetEncoder(Encoder):
         return plain_state_dict(self.net)
 
 
+@ENCODERS.register("vit_small")
 class ViTEncoder(Encoder):
     """A small torchvision ViT (patch 4 at 32 px); blocks: patch embedding, each layer."""
 
@@ -192,10 +197,5 @@ class _ViTEmbed(nn.Module):
         yield self.net.encoder.pos_embedding
 
 
-ENCODERS = {"resnet18": ResNetEncoder, "resnet50": ResNetEncoder, "resnet_tiny": ResNetEncoder, "vit_small": ViTEncoder}
-
-
 def build_encoder(spec: EncoderSpec) -> Encoder:
-    if spec.arch not in ENCODERS:
-        raise ValueError(f"unknown encoder arch {spec.arch!r}; choose one of {sorted(ENCODERS)}")
-    return ENCODERS[spec.arch](spec)
+    return ENCODERS.lookup(spec.arch)(spec)

@@ -97,17 +97,14 @@ class ModelConfig(_Section):
     @classmethod
     def _known_arch(cls, v: str) -> str:
         from streamd.models.encoders import ENCODERS
-        allowed = sorted(ENCODERS)
-        if v not in allowed:
-            raise ValueError(f"unknown arch {v!r}; allowed: {', '.join(allowed)}")
+        ENCODERS.lookup(v)
         return v
 
     @field_validator("objective")
     @classmethod
     def _known_objective(cls, v: str) -> str:
         from streamd.models.objectives import OBJECTIVES
-        if v not in OBJECTIVES:
-            raise ValueError(f"unknown objective {v!r}; allowed: {', '.join(sorted(OBJECTIVES))}")
+        OBJECTIVES.lookup(v)
         return v
 
 

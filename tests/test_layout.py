@@ -8,6 +8,8 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 # Folder -> the package it installs as (pyproject.toml maps models/ and connectors/ under streamd).
 PACKAGES = {"streamd": "streamd", "models": "streamd.models", "connectors": "streamd.connectors"}
@@ -107,3 +109,21 @@ def test_models_and_connectors_are_imported_under_the_streamd_namespace():
                             else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
              if module.split(".")[0] in ("models", "connectors")]
     assert stray == []
+
+
+def test_encoders_objectives_and_plugins_are_picked_through_one_registry_style():
+    """Every name configuration can pick resolves through a Registry, filled where each class is defined."""
+    from streamd.models.encoders import ENCODERS, ResNetEncoder
+    from streamd.models.objectives import OBJECTIVES
+    from streamd.models.registry import Registry
+    from streamd.plugins import PLUGINS
+
+    assert all(isinstance(r, Registry) for r in (ENCODERS, OBJECTIVES, PLUGINS))
+    assert {"resnet18", "resnet50", "resnet_tiny", "vit_small"} <= set(ENCODERS)
+    assert ENCODERS.lookup("resnet_tiny") is ResNetEncoder
+    assert sorted(OBJECTIVES) == ["barlow", "byol", "mocov3", "simclr", "simsiam", "vicreg"]
+    assert {"cassle", "kaizen", "replay", "lump", "freeze", "mas", "ewc", "exssnet"} <= set(PLUGINS)
+    for registry in (OBJECTIVES, PLUGINS):   # a class registered under one name knows it
+        assert all(cls.name == name for name, cls in registry.items())
+    with pytest.raises(ValueError, match=r"unknown objective 'dino'; allowed: barlow, byol"):
+        OBJECTIVES.lookup("dino")

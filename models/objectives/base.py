@@ -8,6 +8,9 @@ import torch
 from torch import nn
 
 from streamd.models.encoders import Encoder
+from streamd.models.registry import Registry
+
+OBJECTIVES = Registry("objective")
 
 
 @dataclass

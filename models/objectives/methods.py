@@ -6,12 +6,11 @@ import torch.nn.functional as F
 
 from streamd.models.heads import mlp
 from streamd.models.objectives import losses
-from streamd.models.objectives.base import MomentumObjective, Objective
+from streamd.models.objectives.base import OBJECTIVES, MomentumObjective, Objective
 
 
+@OBJECTIVES.register("simclr")
 class SimCLR(Objective):
-    name = "simclr"
-
     def __init__(self, encoder, proj_hidden: int = 2048, proj_dim: int = 128, temperature: float = 0.2):
         super().__init__(encoder)
         self.projector = mlp([encoder.feature_dim, proj_hidden, proj_dim])
@@ -24,9 +23,8 @@ class SimCLR(Objective):
         return losses.nt_xent(predicted, frozen, 0.2)
 
 
+@OBJECTIVES.register("simsiam")
 class SimSiam(Objective):
-    name = "simsiam"
-
     def __init__(self, encoder, proj_hidden: int = 2048, proj_dim: int = 2048, pred_hidden: int = 512):
         super().__init__(encoder)
         self.projector = mlp([encoder.feature_dim, proj_hidden, proj_dim], last_bn=True, last_bn_affine=False)
@@ -40,9 +38,8 @@ class SimSiam(Objective):
         return losses.negative_cosine(predicted, frozen)
 
 
+@OBJECTIVES.register("byol")
 class BYOL(MomentumObjective):
-    name = "byol"
-
     def __init__(self, encoder, proj_hidden: int = 4096, proj_dim: int = 256, pred_hidden: int = 4096, tau: float = 0.99):
         super().__init__(encoder, tau)
         self.projector = mlp([encoder.feature_dim, proj_hidden, proj_dim])
@@ -58,9 +55,8 @@ class BYOL(MomentumObjective):
         return 2 - 2 * F.cosine_similarity(predicted, frozen.detach(), dim=-1).mean()
 
 
+@OBJECTIVES.register("mocov3")
 class MoCoV3(MomentumObjective):
-    name = "mocov3"
-
     def __init__(self, encoder, proj_hidden: int = 4096, proj_dim: int = 256, pred_hidden: int = 4096,
                  temperature: float = 0.2, tau: float = 0.99):
         super().__init__(encoder, tau)
@@ -78,9 +74,8 @@ class MoCoV3(MomentumObjective):
         return losses.nt_xent(predicted, frozen, 0.2)
 
 
+@OBJECTIVES.register("barlow")
 class BarlowTwins(Objective):
-    name = "barlow"
-
     def __init__(self, encoder, proj_hidden: int = 2048, proj_dim: int = 2048, lambd: float = 0.0051, scale: float = 0.1):
         super().__init__(encoder)
         self.projector = mlp([encoder.feature_dim, proj_hidden, proj_hidden, proj_dim])
@@ -93,9 +88,8 @@ class BarlowTwins(Objective):
         return losses.barlow_twins(predicted, frozen.detach(), self.lambd, self.scale)
 
 
+@OBJECTIVES.register("vicreg")
 class VICReg(Objective):
-    name = "vicreg"
-
     def __init__(self, encoder, proj_hidden: int = 2048, proj_dim: int = 2048):
         super().__init__(encoder)
         self.projector = mlp([encoder.feature_dim, proj_hidden, proj_hidden, proj_dim])

@@ -4,11 +4,13 @@ Hooks run in the order the strategy names the plugins ("replay+lump" = replay fi
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 import torch
 from pydantic import BaseModel, ConfigDict, ValidationError
 from torch import nn
+
+from streamd.models.registry import Registry
 
 if TYPE_CHECKING:
     from streamd.models.objectives import ObjectiveOutput
@@ -75,15 +77,14 @@ class TaskMasks(Plugin):
         raise NotImplementedError
 
 
-PLUGINS: dict[str, Callable[..., Plugin]] = {}
+PLUGINS = Registry("plugin")
 
 
 def register(name: str, options: type[PluginOptions] = PluginOptions):
     """Registers a plugin class under its strategy name, with the model of its options."""
     def deco(cls):
-        cls.name, cls.options = name, options
-        PLUGINS[name] = cls
-        return cls
+        cls.options = options
+        return PLUGINS.register(name)(cls)
     return deco
 
 
