@@ -23,7 +23,7 @@ from torch import nn
 from streamd.models.encoders import EncoderSpec, build_encoder
 from streamd.errors import (AuthError, IntegrityError, LocalIOError, NotFoundError, UnreachableError, UsageError,
                             os_error_text)
-from streamd.snapshots import (CONFIG, LATEST, MANIFEST, MODEL, VERSION_RE, list_versions, read_manifest,
+from streamd.service.snapshots import (CONFIG, LATEST, MANIFEST, MODEL, VERSION_RE, list_versions, read_manifest,
                                resolve_version, sha256_file)
 
 TOKEN_ENV = "STREAMD_API__TOKEN"

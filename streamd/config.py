@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, f
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
 
 from streamd.errors import UsageError
-from streamd.optim import OptimConfig
+from streamd.learning.optim import OptimConfig
 
 
 class _Section(BaseModel):
@@ -115,14 +115,14 @@ class StrategyConfig(_Section):
     @field_validator("name")
     @classmethod
     def _known_plugins(cls, v: str) -> str:
-        from streamd.plugins import strategy_plugins
+        from streamd.learning.plugins import strategy_plugins
         strategy_plugins(v)
         return v
 
     @model_validator(mode="after")
     def _typed_plugin_options(self) -> "StrategyConfig":
         """Each plugin's options against its model: a typo fails at start instead of being ignored."""
-        from streamd.plugins import validate_plugin_options
+        from streamd.learning.plugins import validate_plugin_options
         validate_plugin_options(self.name, self.plugin_options)
         return self
 

@@ -13,8 +13,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from streamd.evaluation import average_accuracy, forgetting  # noqa: E402
-from streamd.probe import GLOBAL, read_history  # noqa: E402
+from streamd.learning.evaluation import average_accuracy, forgetting  # noqa: E402
+from streamd.service.probe import GLOBAL, read_history  # noqa: E402
 
 
 def _series(rows: list[dict], metric: str) -> dict[int, tuple[list[int], list[float]]]:

@@ -15,7 +15,7 @@ from collections import Counter
 import pyarrow as pa
 import torch
 
-import streamd.checkpoint as ckpt
+import streamd.service.checkpoint as ckpt
 
 
 def state(step: int, tag: int) -> dict:

@@ -5,8 +5,8 @@ import pyarrow as pa
 import pytest
 import torch
 
-from streamd.checkpoint import load_checkpoint, save_checkpoint
-from streamd.learner import Learner, build_learner
+from streamd.service.checkpoint import load_checkpoint, save_checkpoint
+from streamd.learning.learner import Learner, build_learner
 
 IMAGE_SIZE = 16
 _HEADS = {"proj_hidden": 64, "proj_dim": 32}

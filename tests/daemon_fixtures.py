@@ -1,7 +1,7 @@
 """Helpers for the tests that run the daemon as a real process (shared with ``streamd bench chaos``)."""
 from __future__ import annotations
 
-from streamd.audit import Run, consumed_count, delivery, read_audit  # noqa: F401 -- re-exported for the tests
+from streamd.service.audit import Run, consumed_count, delivery, read_audit  # noqa: F401 -- re-exported for the tests
 from streamd.bench._daemons import (TINY, DaemonProcess, kafka_source_toml, produce_dir,  # noqa: F401
                                     produce_kafka, start_daemon, wait_until, write_config)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from streamd.learner import build_learner
+from streamd.learning.learner import build_learner
 
 TINY_OBJECTIVE = {"proj_hidden": 128, "proj_dim": 64, "pred_hidden": 32}
 

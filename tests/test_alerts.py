@@ -7,7 +7,7 @@ from pathlib import Path
 import yaml
 from prometheus_client import generate_latest
 
-from streamd.metrics import Metrics
+from streamd.service.metrics import Metrics
 
 DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
 PROM = DEPLOY / "prometheus"

@@ -2,9 +2,9 @@ import httpx
 import pytest
 
 from publishing_fixtures import tiny_learner
-from streamd.api import ApiServer
-from streamd.metrics import Metrics
-from streamd.snapshots import SnapshotPublisher, sha256_file
+from streamd.service.api import ApiServer
+from streamd.service.metrics import Metrics
+from streamd.service.snapshots import SnapshotPublisher, sha256_file
 
 TOKEN = "s3cret-token"
 

@@ -11,7 +11,7 @@ from streamd.bench.cl import check_plugin_options
 from streamd.bench.throughput import measure, verdicts
 from streamd.cli import build_parser
 from streamd.errors import UsageError
-from streamd.evaluation import average_accuracy, backward_transfer, forgetting
+from streamd.learning.evaluation import average_accuracy, backward_transfer, forgetting
 
 RUN_KEYS = {"strategy", "seed", "acc_matrix", "avg_acc", "forgetting", "bwt", "step_seconds_median",
             "peak_memory_bytes", "backward_flops_per_step", "linear_probe_avg_acc", "train_memory_bytes_per_task",

@@ -8,7 +8,7 @@ import json
 import torch
 
 from streamd.bench.boundaries import score
-from streamd.boundary import BoundaryDetector, DriftDetector, mmd2_rbf
+from streamd.service.boundary import BoundaryDetector, DriftDetector, mmd2_rbf
 from streamd.cli import main as streamd_main
 from streamd.config import BoundaryConfig
 

@@ -7,7 +7,7 @@ import pyarrow as pa
 import pytest
 import torch
 
-import streamd.checkpoint as ckpt
+import streamd.service.checkpoint as ckpt
 from streamd import durable
 
 

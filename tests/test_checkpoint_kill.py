@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from checkpoint_child import describe, state
 
-import streamd.checkpoint as ckpt
+import streamd.service.checkpoint as ckpt
 
 CHILD = Path(__file__).with_name("checkpoint_child.py")
 OLD = (1, 0)                                           # (step, tag) of the checkpoint already there

@@ -16,11 +16,11 @@ import pytest
 from conftest import free_port
 from daemon_fixtures import write_config
 from publishing_fixtures import tiny_learner
-from streamd.api import ApiServer
+from streamd.service.api import ApiServer
 from streamd.cli import build_parser, main
 from streamd.errors import EXIT_CODES
-from streamd.metrics import Metrics
-from streamd.snapshots import SnapshotPublisher
+from streamd.service.metrics import Metrics
+from streamd.service.snapshots import SnapshotPublisher
 
 TOKEN = "cli-test-token"
 README = Path(__file__).resolve().parents[1] / "README.md"

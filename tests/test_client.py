@@ -6,11 +6,11 @@ import torch
 from torchvision.models import ResNet, VisionTransformer
 
 from publishing_fixtures import encoder_output, images, tiny_learner
-from streamd.api import ApiServer
+from streamd.service.api import ApiServer
 from streamd.cli import main as streamd_main
 from streamd.client import SnapshotIntegrityError, load_encoder, pull
-from streamd.metrics import Metrics
-from streamd.snapshots import SnapshotPublisher
+from streamd.service.metrics import Metrics
+from streamd.service.snapshots import SnapshotPublisher
 
 
 def publish(root, learner, count=1):

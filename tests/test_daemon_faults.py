@@ -93,7 +93,7 @@ class FailingThenHealedSink:
 
 def test_dead_letters_are_retried_while_running_and_acked_once_written(tmp_path):
     from streamd.config import load_config
-    from streamd.daemon import Daemon
+    from streamd.service.daemon import Daemon
 
     produce_dir(tmp_path / "inbox", 1, 8)
     bad = write_corrupt_files(tmp_path / "inbox", 3)

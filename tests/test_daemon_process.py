@@ -10,12 +10,12 @@ from daemon_fixtures import consumed_count, produce_dir, read_audit, start_daemo
 
 import torch
 
-from streamd.checkpoint import load_checkpoint
+from streamd.service.checkpoint import load_checkpoint
 from streamd.client import load_encoder
 from streamd.config import load_config
-from streamd.wiring import build_learner_from
-from streamd.data import task_stream
-from streamd.snapshots import list_versions, read_manifest
+from streamd.service.wiring import build_learner_from
+from streamd.learning.data import task_stream
+from streamd.service.snapshots import list_versions, read_manifest
 
 TASKS, PER_TASK = 3, 40
 

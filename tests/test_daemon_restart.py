@@ -11,9 +11,9 @@ from conftest import free_port
 from daemon_fixtures import consumed_count, produce_dir, start_daemon, wait_until, write_config
 from prometheus_client.parser import text_string_to_metric_families
 
-from streamd.checkpoint import LATEST, checkpoint_folders, load_checkpoint
-from streamd.metrics import TIMESTAMP_GAUGES
-from streamd.snapshots import read_manifest
+from streamd.service.checkpoint import LATEST, checkpoint_folders, load_checkpoint
+from streamd.service.metrics import TIMESTAMP_GAUGES
+from streamd.service.snapshots import read_manifest
 
 RECORDS = 48
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from streamd.data import Task, load_dataset, split_tasks, to_rgb, train_test
+from streamd.learning.data import Task, load_dataset, split_tasks, to_rgb, train_test
 
 
 def digits_rgb(size: int = 8):

@@ -16,8 +16,8 @@ from kafka import KafkaProducer
 
 from streamd.connectors.base import CONTENT_TYPE_HEADER
 from streamd.connectors.wire import encode_image, image_headers, kafka_headers
-from streamd.checkpoint import load_checkpoint, step_of
-from streamd.distributed import merge_positions
+from streamd.service.checkpoint import load_checkpoint, step_of
+from streamd.service.distributed import merge_positions
 from conftest import FAST_CLIENT, create_topic, free_port
 
 ROOT = Path(__file__).resolve().parents[1]

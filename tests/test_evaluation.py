@@ -4,8 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from streamd.data import Task
-from streamd.evaluation import (accuracy_row, average_accuracy, backward_transfer, forgetting, knn_accuracy,
+from streamd.learning.data import Task
+from streamd.learning.evaluation import (accuracy_row, average_accuracy, backward_transfer, forgetting, knn_accuracy,
                                 knn_predict, linear_probe_accuracy, task_inference_accuracy)
 
 

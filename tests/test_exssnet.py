@@ -7,11 +7,11 @@ from torch import nn
 from torchvision.models import ResNet
 
 from streamd.models.supermask import MaskedConv2d, MaskedLinear, MultitaskBatchNorm2d, masked_layers, to_supermask
-from streamd.checkpoint import load_checkpoint, save_checkpoint
+from streamd.service.checkpoint import load_checkpoint, save_checkpoint
 from streamd.client import load_encoder
-from streamd.data import task_stream, train_test
-from streamd.learner import build_learner
-from streamd.snapshots import SnapshotPublisher
+from streamd.learning.data import task_stream, train_test
+from streamd.learning.learner import build_learner
+from streamd.service.snapshots import SnapshotPublisher
 
 TINY = {"arch": "resnet_tiny", "image_size": 16, "objective": "simsiam",
         "objective_kwargs": {"proj_hidden": 128, "proj_dim": 64, "pred_hidden": 32}}

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from streamd.feature_density import FeatureGaussian
+from streamd.learning.feature_density import FeatureGaussian
 
 
 def features(n: int, d: int, seed: int, scale: float) -> torch.Tensor:

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from cl_fixtures import images, one_torch_thread, tiny_learner  # noqa: F401  (fixture)
-from streamd.flops import backward_flops
+from streamd.learning.flops import backward_flops
 
 
 def test_replayed_rows_are_counted():

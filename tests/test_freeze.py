@@ -4,12 +4,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from streamd.checkpoint import load_checkpoint, save_checkpoint
-from streamd.flops import backward_flops
-from streamd.learner import build_learner
-from streamd.optim import OptimConfig
-from streamd.plugins.freeze import frozen_prefix_after
-from streamd.similarity import centered_gram, linear_cka
+from streamd.service.checkpoint import load_checkpoint, save_checkpoint
+from streamd.learning.flops import backward_flops
+from streamd.learning.learner import build_learner
+from streamd.learning.optim import OptimConfig
+from streamd.learning.plugins.freeze import frozen_prefix_after
+from streamd.learning.similarity import centered_gram, linear_cka
 
 TINY = {"arch": "resnet_tiny", "image_size": 16, "objective": "simsiam",
         "objective_kwargs": {"proj_hidden": 128, "proj_dim": 64, "pred_hidden": 32}}

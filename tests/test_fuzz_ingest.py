@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 
 import streamd.connectors.wire
-import streamd.ingest
+import streamd.service.ingest
 from streamd.connectors.base import Position, Record
 from streamd.bench.fuzz_inputs import DEAD, KINDS, fuzz_records, summarize
-from streamd.ingest import DEAD_LETTER_REASONS, DecodeError
+from streamd.service.ingest import DEAD_LETTER_REASONS, DecodeError
 
 N_CASES = 1000
 RSS_RATIO_MAX = 1.5
@@ -60,7 +60,7 @@ def test_every_case_gets_its_expected_outcome_and_a_listed_reason(summary):
 
 def _reasons_in_source() -> set[str]:
     reasons = set()
-    for module in (streamd.ingest, streamd.connectors.wire):
+    for module in (streamd.service.ingest, streamd.connectors.wire):
         text = Path(module.__file__).read_text()
         calls = re.findall(r'raise DecodeError\((\w+\([^)]*\)|"[^"]*"|[^,)]*)', text)
         literal = [c for c in calls if c.startswith('"')]
@@ -79,7 +79,7 @@ def test_dead_letter_reasons_list_every_reason_the_source_can_raise(summary):
     assert in_source <= set(DEAD_LETTER_REASONS), in_source - set(DEAD_LETTER_REASONS)
     assert "unparseable_record" in DEAD_LETTER_REASONS and "dead_letter_failed" not in DEAD_LETTER_REASONS
     assert len(set(DEAD_LETTER_REASONS)) == len(DEAD_LETTER_REASONS)
-    assert streamd.ingest.DecodeError is streamd.connectors.wire.DecodeError and issubclass(DecodeError, ValueError)
+    assert streamd.service.ingest.DecodeError is streamd.connectors.wire.DecodeError and issubclass(DecodeError, ValueError)
 
 
 def test_peak_memory_over_the_corpus_stays_within_1_5x_of_steady_state(tmp_path, corpus):

@@ -13,7 +13,7 @@ from PIL import Image
 
 from streamd.connectors.base import ARROW_CONTENT_TYPE, LABEL_HEADER, SHAPE_HEADER, TASK_HEADER, Position, Record
 from streamd.connectors.wire import arrow_message, encode_image
-from streamd.ingest import DecodeError, decode, expand, parse_label, parse_task, sniff_content_type
+from streamd.service.ingest import DecodeError, decode, expand, parse_label, parse_task, sniff_content_type
 
 COLOUR = (200, 40, 90)
 

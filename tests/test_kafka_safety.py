@@ -24,7 +24,7 @@ from kafka_fixtures import committed_offsets
 from streamd.connectors.wire import encode_image
 from streamd.bench._broker import Broker
 from streamd.bench._daemons import RawHeaderKey
-from streamd.ingest import DecodeError, decode, expand
+from streamd.service.ingest import DecodeError, decode, expand
 
 
 class LyingLength(bytes):

@@ -14,7 +14,7 @@ from streamd.connectors.kafka import (DEAD_LETTER_POSITION_HEADER, DEAD_LETTER_R
                               KafkaSource)
 from kafka_fixtures import committed_offsets
 from streamd.connectors.wire import arrow_message, encode_image, from_kafka_headers, image_headers
-from streamd.ingest import decode, parse_label
+from streamd.service.ingest import decode, parse_label
 
 
 def produce_images(bootstrap: str, topic: str, values: range, partition: int | None = None) -> None:

@@ -16,7 +16,7 @@ PACKAGES = {"streamd": "streamd", "models": "streamd.models", "connectors": "str
 MAX_LINES = 300
 # Over MAX_LINES, each with why it is still one module (a ratchet: nothing new may join).
 LARGE_MODULES = {
-    "streamd/daemon.py": "the service loop; issue 10 splits it into a composed single/multi-rank daemon",
+    "streamd/service/daemon.py": "the loop for one process and each torchrun rank; batching, dead letters, wiring already split out",
     "connectors/kafka.py": "one consumer's position bookkeeping under one lock; helpers already split out",
 }
 
@@ -91,7 +91,7 @@ def test_the_circle_finder_finds_a_circle():
 
 def test_plugins_do_not_see_the_learner():
     graph = import_graph()
-    assert all("streamd.learner" not in graph[m] for m in graph if m.startswith("streamd.plugins"))
+    assert all("streamd.learning.learner" not in graph[m] for m in graph if m.startswith("streamd.learning.plugins"))
 
 
 def test_modules_stay_small():
@@ -116,7 +116,7 @@ def test_encoders_objectives_and_plugins_are_picked_through_one_registry_style()
     from streamd.models.encoders import ENCODERS, ResNetEncoder
     from streamd.models.objectives import OBJECTIVES
     from streamd.models.registry import Registry
-    from streamd.plugins import PLUGINS
+    from streamd.learning.plugins import PLUGINS
 
     assert all(isinstance(r, Registry) for r in (ENCODERS, OBJECTIVES, PLUGINS))
     assert {"resnet18", "resnet50", "resnet_tiny", "vit_small"} <= set(ENCODERS)
@@ -127,3 +127,16 @@ def test_encoders_objectives_and_plugins_are_picked_through_one_registry_style()
         assert all(cls.name == name for name, cls in registry.items())
     with pytest.raises(ValueError, match=r"unknown objective 'dino'; allowed: barlow, byol"):
         OBJECTIVES.lookup("dino")
+
+
+def test_layers_import_downwards_only():
+    """models/connectors < learning < service < CLI: the learning side has no service parts (no I/O
+    loop, no API), and models/connectors know nothing of either."""
+    above = {"streamd.models": ("streamd.connectors", "streamd.learning"),   # what else each may not import
+             "streamd.connectors": ("streamd.models", "streamd.learning"), "streamd.learning": ()}
+    upper = ("streamd.service", "streamd.bench", "streamd.commands", "streamd.cli", "streamd.config")
+    graph = import_graph()
+    upward = sorted(f"{m} -> {t}" for m, targets in graph.items() for layer in above if m.startswith(layer)
+                    for t in targets if t.startswith(upper + above[layer]))
+    assert upward == []
+    assert any(t.startswith("streamd.learning") for t in graph["streamd.service.daemon"])   # the check sees imports

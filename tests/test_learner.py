@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from cl_fixtures import assert_same_next_step, images, tiny_learner, train
-from streamd.learner import Learner
-from streamd.optim import OptimConfig, build_optimizer, build_scheduler
-from streamd.plugins import Plugin, TaskMasks
+from streamd.learning.learner import Learner
+from streamd.learning.optim import OptimConfig, build_optimizer, build_scheduler
+from streamd.learning.plugins import Plugin, TaskMasks
 
 
 @pytest.mark.parametrize("strategy,objective", [("finetune", "simsiam"), ("finetune", "byol"),

@@ -5,9 +5,9 @@ import httpx
 from prometheus_client import generate_latest
 
 from publishing_fixtures import images, tiny_learner
-from streamd.api import ApiServer
-from streamd.ingest import DEAD_LETTER_REASONS
-from streamd.metrics import Metrics
+from streamd.service.api import ApiServer
+from streamd.service.ingest import DEAD_LETTER_REASONS
+from streamd.service.metrics import Metrics
 
 
 def test_promtool_check_metrics_passes_on_the_served_exposition(tmp_path):

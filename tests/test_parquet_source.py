@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 from streamd.connectors.base import LABEL_HEADER, TASK_HEADER
 from streamd.connectors.parquet import ParquetSource
 from streamd.connectors.wire import encode_image
-from streamd.ingest import decode, parse_label
+from streamd.service.ingest import decode, parse_label
 
 
 def write_images(path, n: int, start: int = 0, with_headers: bool = True, row_group_size: int = 16) -> None:

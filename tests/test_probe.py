@@ -3,8 +3,8 @@ import io
 import torch
 
 from publishing_fixtures import images, perturb, tiny_learner
-from streamd.metrics import Metrics
-from streamd.probe import Prober, read_history
+from streamd.service.metrics import Metrics
+from streamd.service.probe import Prober, read_history
 
 
 class StubLearner:

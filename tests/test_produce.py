@@ -14,8 +14,8 @@ from streamd.connectors.base import TASK_HEADER
 from streamd.connectors.directory import DirectorySource
 from streamd.connectors.kafka import KafkaSource
 from streamd.cli import main
-from streamd.data import task_stream
-from streamd.ingest import decode, parse_label
+from streamd.learning.data import task_stream
+from streamd.service.ingest import decode, parse_label
 
 
 def produce(capsys, *args) -> dict:

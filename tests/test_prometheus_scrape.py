@@ -11,13 +11,13 @@ from conftest import free_port
 from daemon_fixtures import consumed_count, produce_dir, start_daemon, write_config
 from prometheus_fixtures import query, running_prometheus, wait_until
 from publishing_fixtures import images
-from streamd.api import ApiServer
-from streamd.checkpoint import latest_checkpoint, load_checkpoint
+from streamd.service.api import ApiServer
+from streamd.service.checkpoint import latest_checkpoint, load_checkpoint
 from streamd.cli import main as streamd_main
 from streamd.client import load_encoder
 from streamd.config import load_config
-from streamd.wiring import build_learner_from
-from streamd.metrics import Metrics
+from streamd.service.wiring import build_learner_from
+from streamd.service.metrics import Metrics
 
 
 def test_prometheus_scrapes_the_api_and_serves_streamd_series(tmp_path):

@@ -6,7 +6,7 @@ import pyarrow as pa
 import torch
 from scipy.stats import chi2
 
-from streamd.replay_buffer import ReservoirBuffer
+from streamd.learning.replay_buffer import ReservoirBuffer
 
 CAPACITY, STREAM, RUNS = 8, 40, 1500
 

@@ -5,7 +5,7 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from streamd.cli import main as streamd_main
-from streamd.probe import HISTORY_SCHEMA, History
+from streamd.service.probe import HISTORY_SCHEMA, History
 from streamd.report import accuracy_matrix
 
 ACC = {  # current task -> accuracy on tasks 0..current, as measured at the task's end

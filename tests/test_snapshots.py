@@ -11,12 +11,12 @@ import safetensors.torch
 
 from streamd import durable
 from publishing_fixtures import tiny_learner
-from streamd.augment import MEAN, STD
+from streamd.learning.augment import MEAN, STD
 from streamd.client import verify
 from streamd.config import CheckpointConfig
-from streamd.learner import build_learner
-from streamd.metrics import Metrics
-from streamd.snapshots import SnapshotPublisher, read_manifest, sha256_file
+from streamd.learning.learner import build_learner
+from streamd.service.metrics import Metrics
+from streamd.service.snapshots import SnapshotPublisher, read_manifest, sha256_file
 
 
 def publish(pub, learner, reason="steps", task=0):

@@ -14,7 +14,7 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from streamd.audit import consumed_count, delivery, read_audit
+from streamd.service.audit import consumed_count, delivery, read_audit
 from streamd.bench._daemons import DaemonProcess, start_daemon, write_config
 
 

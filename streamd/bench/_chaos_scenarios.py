@@ -10,7 +10,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from streamd.audit import NOT_RECORDS
+from streamd.service.audit import NOT_RECORDS
 from streamd.bench._broker import Broker, create_topic
 from streamd.bench._chaos_harness import Row, Scenario, Watched, directory_positions
 from streamd.bench._daemons import kafka_source_toml, produce_dir, produce_kafka

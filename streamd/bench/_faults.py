@@ -14,7 +14,7 @@ import os
 import sys
 import time
 
-import streamd.checkpoint as ckpt
+import streamd.service.checkpoint as ckpt
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Callable
 import torch
 
 if TYPE_CHECKING:
-    from streamd.learner import Learner
+    from streamd.learning.learner import Learner
 
 CPU_METHOD = "cpu: bytes of parameters + gradients + optimizer state + tensors saved for backward in one step"
 CUDA_METHOD = "cuda: torch.cuda.max_memory_allocated over the run"

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import torch
 
-from streamd.boundary import BoundaryDetector
+from streamd.service.boundary import BoundaryDetector
 from streamd.config import BoundaryConfig
-from streamd.data import task_stream
-from streamd.learner import build_learner
+from streamd.learning.data import task_stream
+from streamd.learning.learner import build_learner
 
 TINY_HEADS = {"proj_hidden": 128, "proj_dim": 64, "pred_hidden": 32}
 

@@ -22,14 +22,14 @@ from streamd.models.objectives import OBJECTIVES
 from streamd.bench import _memory
 from streamd.bench._machine import describe_machine, synced_clock
 from streamd.bench._summary import summarize
-from streamd.data import Task, task_stream, train_test
+from streamd.learning.data import Task, task_stream, train_test
 from streamd.errors import UsageError
-from streamd.evaluation import (accuracy_row, average_accuracy, backward_transfer, forgetting,
+from streamd.learning.evaluation import (accuracy_row, average_accuracy, backward_transfer, forgetting,
                                 task_inference_accuracy)
-from streamd.flops import backward_flops
-from streamd.learner import build_learner, resolve_device
-from streamd.optim import OptimConfig
-from streamd.plugins import strategy_plugins, validate_plugin_options
+from streamd.learning.flops import backward_flops
+from streamd.learning.learner import build_learner, resolve_device
+from streamd.learning.optim import OptimConfig
+from streamd.learning.plugins import strategy_plugins, validate_plugin_options
 
 # --quick: tiny encoder, small images and heads, few steps: < 2 minutes on 2 CPU cores for 3 strategies.
 QUICK = {"arch": "resnet_tiny", "image_size": 16, "batch_size": 32, "steps_per_task": 20,

@@ -19,8 +19,8 @@ from streamd.models.objectives import OBJECTIVES
 from streamd.bench import _memory
 from streamd.bench._machine import describe_machine, synced_clock
 from streamd.bench.cl import objective_kwargs
-from streamd.flops import backward_flops
-from streamd.learner import build_learner, resolve_device
+from streamd.learning.flops import backward_flops
+from streamd.learning.learner import build_learner, resolve_device
 
 
 def register(subparsers) -> None:

@@ -25,7 +25,7 @@ from streamd.connectors.base import ARROW_CONTENT_TYPE, LABEL_HEADER, RAW_CONTEN
 from streamd.connectors.directory import CONTENT_TYPES, SIDECAR_HEADERS, DirectoryWriter
 from streamd.connectors.wire import from_kafka_headers, header_bytes
 from streamd.bench import _fuzz_bytes as fb
-from streamd.ingest import DecodeError, decode, expand, parse_label, parse_task
+from streamd.service.ingest import DecodeError, decode, expand, parse_label, parse_task
 
 DECODES, DEAD = "decodes", "dead_letter"
 _EXTENSIONS = {content_type: ext for ext, content_type in reversed(CONTENT_TYPES.items())}

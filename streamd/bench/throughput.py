@@ -18,10 +18,10 @@ import torch
 
 from streamd.models.encoders import EncoderSpec, build_encoder
 from streamd.models.objectives import OBJECTIVES, build_objective
-from streamd.augment import TwoViewAugment
+from streamd.learning.augment import TwoViewAugment
 from streamd.bench._machine import describe_machine, synced_clock
-from streamd.learner import build_learner, resolve_device
-from streamd.optim import OptimConfig
+from streamd.learning.learner import build_learner, resolve_device
+from streamd.learning.optim import OptimConfig
 
 LEARNER_VS_BARE_MIN = 0.95     # the learner may cost at most 5% over the bare loop
 AUGMENT_VS_TRAIN_MIN = 3.0     # augmentation must never be the bottleneck

@@ -38,7 +38,7 @@ class Item:
 
 def dataset_items(args) -> Iterator[Item]:
     """Loads and splits the dataset now (so bad input fails before anything is sent), encodes lazily."""
-    from streamd.data import task_stream
+    from streamd.learning.data import task_stream
 
     folder = Path(args.dataset.split(":", 1)[1]) if args.dataset.startswith("imagefolder:") else None
     if folder is not None and not folder.is_dir():
@@ -73,7 +73,7 @@ def parquet_items(args) -> Iterator[Item]:
 
 
 def _parquet_rows(table, args) -> Iterator[Item]:
-    from streamd.ingest import sniff_content_type
+    from streamd.service.ingest import sniff_content_type
 
     per_task: dict[str, int] = {}
     for batch in table.iter_batches(batch_size=256):

@@ -24,10 +24,10 @@ def main(args) -> int:
     cfg = load_config(args.config)  # a ConfigError reaches streamd.cli.main: one line, exit 2
     logging.basicConfig(level=cfg.logging.level, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from streamd.checkpoint import NoLoadableCheckpoint, set_aside
-    from streamd.daemon import Daemon
-    from streamd.distributed import Cluster
-    from streamd.learner import resolve_device
+    from streamd.service.checkpoint import NoLoadableCheckpoint, set_aside
+    from streamd.service.daemon import Daemon
+    from streamd.service.distributed import Cluster
+    from streamd.learning.learner import resolve_device
 
     daemon = Daemon(cfg, cluster=Cluster.from_env(resolve_device(cfg.learner.device)))  # one rank of several under torchrun
     if args.reset:

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from streamd.plugins.base import Plugin, PluginOptions, register
-from streamd.replay_buffer import Balance, ReservoirBuffer
+from streamd.learning.plugins.base import Plugin, PluginOptions, register
+from streamd.learning.replay_buffer import Balance, ReservoirBuffer
 
 
 class ReplayOptions(PluginOptions):

@@ -15,10 +15,10 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from streamd.plugins.base import register
-from streamd.plugins.cassle import CassleDistill, CassleOptions
-from streamd.plugins.replay import ReplayPlugin
-from streamd.replay_buffer import ReservoirBuffer
+from streamd.learning.plugins.base import register
+from streamd.learning.plugins.cassle import CassleDistill, CassleOptions
+from streamd.learning.plugins.replay import ReplayPlugin
+from streamd.learning.replay_buffer import ReservoirBuffer
 
 
 def labelled_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

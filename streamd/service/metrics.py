@@ -13,7 +13,7 @@ import prometheus_client
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
 import streamd
-from streamd.ingest import DEAD_LETTER_REASONS
+from streamd.service.ingest import DEAD_LETTER_REASONS
 
 # The text format would add a ``*_created`` gauge per counter and histogram: noise for dashboards and
 # alerts (Prometheus detects counter resets itself).

@@ -11,7 +11,7 @@ import logging
 import time
 
 from streamd.connectors.base import DeadLetterSink, Record
-from streamd.metrics import Metrics
+from streamd.service.metrics import Metrics
 
 FIRST_BACKOFF_S, MAX_BACKOFF_S = 1.0, 30.0
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 import torch
 from pydantic import Field
 
-from streamd.plugins.base import PluginOptions, register
-from streamd.plugins.replay import ReplayPlugin
-from streamd.replay_buffer import Balance
+from streamd.learning.plugins.base import PluginOptions, register
+from streamd.learning.plugins.replay import ReplayPlugin
+from streamd.learning.replay_buffer import Balance
 
 
 class LumpOptions(PluginOptions):

@@ -14,7 +14,7 @@ from streamd.models.registry import Registry
 
 if TYPE_CHECKING:
     from streamd.models.objectives import ObjectiveOutput
-    from streamd.plugins.context import Batch, PluginContext
+    from streamd.learning.plugins.context import Batch, PluginContext
 
 
 class PluginOptions(BaseModel):

@@ -21,17 +21,17 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from streamd.batching import Batcher, PendingBatch
+from streamd.service.batching import Batcher, PendingBatch
 from streamd.connectors.base import DeadLetterSink, Record, Source
-from streamd.boundary import Boundary, build_boundary_detector
-from streamd.checkpoint import load_checkpoint, save_checkpoint
+from streamd.service.boundary import Boundary, build_boundary_detector
+from streamd.service.checkpoint import load_checkpoint, save_checkpoint
 from streamd.config import StreamdConfig
-from streamd.dead_letter_retry import DeadLetterOffice
-from streamd.distributed import Agreement, Cluster, weights_digest
-from streamd.ingest import DecodeError, decode, expand, parse_label, parse_task
-from streamd.learner import Learner
-from streamd.metrics import Metrics
-from streamd.wiring import (build_dead_letter, build_learner_from, build_prober, build_publisher, build_source,
+from streamd.service.dead_letter_retry import DeadLetterOffice
+from streamd.service.distributed import Agreement, Cluster, weights_digest
+from streamd.service.ingest import DecodeError, decode, expand, parse_label, parse_task
+from streamd.learning.learner import Learner
+from streamd.service.metrics import Metrics
+from streamd.service.wiring import (build_dead_letter, build_learner_from, build_prober, build_publisher, build_source,
                             rank_config)
 
 log = logging.getLogger("streamd.daemon")
@@ -352,7 +352,7 @@ class Daemon:
     def _start_api(self) -> None:
         if not self.cfg.api.enabled or not self.cluster.is_main:
             return
-        from streamd.api import ApiServer
+        from streamd.service.api import ApiServer
 
         token = self.cfg.api.token.get_secret_value() if self.cfg.api.token else None
         self.api = ApiServer(self.cfg.api.host, self.cfg.api.port, self.cfg.snapshots.dir, self.metrics,

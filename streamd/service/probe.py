@@ -24,9 +24,9 @@ import pyarrow.parquet as pq
 import torch
 
 from streamd import durable
-from streamd.evaluation import knn_accuracy
-from streamd.metrics import Metrics
-from streamd.similarity import linear_cka
+from streamd.learning.evaluation import knn_accuracy
+from streamd.service.metrics import Metrics
+from streamd.learning.similarity import linear_cka
 
 log = logging.getLogger(__name__)
 

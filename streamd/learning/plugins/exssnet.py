@@ -19,7 +19,7 @@ Inference: ``use_task(ctx, task)`` when the task id is known (e.g. from a header
 ``infer_task`` picks a slot for a batch of images. SupSup's one-shot entropy gradient needs a
 classifier's outputs, which SSL has not, so by default (``infer_by="features"``) each task keeps
 a Gaussian of its features under its own mask (fitted at its end on a reservoir of its stream
-images; streamd/feature_density.py) and the task whose Gaussian finds the batch least out of
+images; streamd/learning/feature_density.py) and the task whose Gaussian finds the batch least out of
 distribution wins. ``infer_by="ssl_loss"`` picks the lowest SSL loss instead; on mnist5k class
 tasks that finds the task of a 64-image chunk no better than chance (the heads are shared and
 keep training, so every slot's loss is measured through heads tuned to the newest mask), and for
@@ -37,9 +37,9 @@ from pydantic import Field
 
 from streamd.models.objectives import MomentumObjective
 from streamd.models.supermask import add_slot, masked_layers, num_slots, to_supermask, use_slot
-from streamd.feature_density import FeatureGaussian
-from streamd.plugins.base import PluginOptions, TaskMasks, register
-from streamd.replay_buffer import ReservoirBuffer
+from streamd.learning.feature_density import FeatureGaussian
+from streamd.learning.plugins.base import PluginOptions, TaskMasks, register
+from streamd.learning.replay_buffer import ReservoirBuffer
 
 PHASES = ("select", "scores", "weights", "fixed")
 

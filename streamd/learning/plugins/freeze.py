@@ -20,8 +20,8 @@ import copy
 import torch
 from pydantic import Field
 
-from streamd.plugins.base import Plugin, PluginOptions, register
-from streamd.similarity import centered_gram, cka_from_grams
+from streamd.learning.plugins.base import Plugin, PluginOptions, register
+from streamd.learning.similarity import centered_gram, cka_from_grams
 
 
 def frozen_prefix_after(cka: list[float], frozen: int, threshold: float, max_new: int) -> int:

@@ -29,8 +29,8 @@ import torchvision
 
 import streamd
 from streamd import durable
-from streamd.augment import MEAN, STD
-from streamd.metrics import Metrics
+from streamd.learning.augment import MEAN, STD
+from streamd.service.metrics import Metrics
 
 log = logging.getLogger(__name__)
 

@@ -14,10 +14,10 @@ from torch import nn
 
 from streamd.models.encoders import EncoderSpec, build_encoder
 from streamd.models.objectives import Objective, ObjectiveOutput, build_objective
-from streamd.augment import Preprocess, TwoViewAugment
-from streamd.optim import OptimConfig, build_optimizer, build_scheduler
-from streamd.plugins import Plugin, TaskMasks, build_plugins
-from streamd.plugins.context import Batch, PluginContext
+from streamd.learning.augment import Preprocess, TwoViewAugment
+from streamd.learning.optim import OptimConfig, build_optimizer, build_scheduler
+from streamd.learning.plugins import Plugin, TaskMasks, build_plugins
+from streamd.learning.plugins.context import Batch, PluginContext
 
 
 @dataclass

@@ -13,7 +13,7 @@ from pydantic import Field
 from torch import nn
 
 from streamd.models.heads import mlp
-from streamd.plugins.base import Plugin, PluginOptions, register
+from streamd.learning.plugins.base import Plugin, PluginOptions, register
 
 
 def projection_dim(projector: nn.Module) -> int:

@@ -17,7 +17,7 @@ not have. When a plugin rebuilds the optimizer mid-task (a phase change, e.g. Ex
 transfer), rank 0's modules are broadcast: a decision taken on each rank's own rows then still
 leaves one model.
 
-The daemon (``streamd/daemon.py``) holds a ``Cluster`` at all times and calls it at a few named
+The daemon (``streamd/service/daemon.py``) holds a ``Cluster`` at all times and calls it at a few named
 seams; with one rank every method is a cheap no-op, so one loop serves both cases.
 """
 from __future__ import annotations

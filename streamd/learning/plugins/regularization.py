@@ -26,8 +26,8 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from streamd.plugins.base import Plugin, PluginOptions, register
-from streamd.replay_buffer import ReservoirBuffer
+from streamd.learning.plugins.base import Plugin, PluginOptions, register
+from streamd.learning.replay_buffer import ReservoirBuffer
 
 
 class RegularizerOptions(PluginOptions):

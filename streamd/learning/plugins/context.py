@@ -3,7 +3,7 @@
 Plugins get a ``PluginContext``, not the ``Learner``: the context names the few things a
 continual-learning mechanism needs (the modules, the device, the augmentation, autocast, feature
 extraction, an optimizer rebuild after it changes which parameters exist), so the learner can
-change its internals without breaking a plugin, and ``streamd.plugins`` never imports the learner.
+change its internals without breaking a plugin, and ``streamd.learning.plugins`` never imports the learner.
 """
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, ContextManager
 import torch
 from torch import nn
 
-from streamd.flops import backward_flops
+from streamd.learning.flops import backward_flops
 
 if TYPE_CHECKING:
     from streamd.models.objectives import Objective

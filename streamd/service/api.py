@@ -20,8 +20,8 @@ from fastapi.security import HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from streamd.errors import LocalIOError
-from streamd.metrics import Metrics
-from streamd.snapshots import MANIFEST, list_versions, read_manifest, resolve_version, sha256_file
+from streamd.service.metrics import Metrics
+from streamd.service.snapshots import MANIFEST, list_versions, read_manifest, resolve_version, sha256_file
 
 OPEN_PATHS = {"/metrics", "/healthz"}
 VERSION_PARAM = PathParam(pattern=r"^(v\d{6}|latest)$", description="vNNNNNN or latest")

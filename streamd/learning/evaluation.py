@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 
 if TYPE_CHECKING:
-    from streamd.data import Task
-    from streamd.learner import Learner
+    from streamd.learning.data import Task
+    from streamd.learning.learner import Learner
 
 Mode = Literal["aware", "agnostic"]
 INFER_CHUNK = 64   # test images per task inference when the task id is not given
@@ -116,7 +116,7 @@ def task_inference_accuracy(learner: "Learner", splits: Sequence[tuple["Task", "
 def accuracy_row(learner: "Learner", splits: Sequence[tuple["Task", "Task"]], seen: int,
                  mode: Mode = "aware", classifier: str = "knn") -> list[float]:
     """Row ``seen`` of R: accuracy on every task j after training tasks 0..seen, from the
-    (train, test) pairs of ``streamd.data.train_test``.
+    (train, test) pairs of ``streamd.learning.data.train_test``.
 
     aware: task j's test set against task j's train features. agnostic: against the train features
     of all tasks 0..seen (an unseen class can never be predicted, so unseen class tasks score 0);

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from streamd.connectors.base import DeadLetterSink, Record, Source
 from streamd.config import ConfigError, StreamdConfig
-from streamd.distributed import Cluster
-from streamd.learner import Learner, build_learner
-from streamd.metrics import Metrics
-from streamd.probe import Prober
-from streamd.snapshots import SnapshotPublisher
+from streamd.service.distributed import Cluster
+from streamd.learning.learner import Learner, build_learner
+from streamd.service.metrics import Metrics
+from streamd.service.probe import Prober
+from streamd.service.snapshots import SnapshotPublisher
 
 
 def rank_config(cfg: StreamdConfig, cluster: Cluster) -> StreamdConfig:
