@@ -66,7 +66,7 @@ kind = "kafka"
 [source.kafka]
 bootstrap_servers = "{bootstrap}"
 topic = "{topic}"
-group_id = "ranks"
+group_id = "{topic}"   # a group of its own: a group reused for another topic rebalanced forever on tansu
 max_poll_records = 16
 client_options = {{ {client} }}
 

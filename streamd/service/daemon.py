@@ -117,8 +117,7 @@ class Daemon:
         return self.source.poll(self.cfg.learner.batch_size, POLL_TIMEOUT_S)
 
     def _request_stop(self, signum, frame) -> None:
-        log.info("%s received: finishing the current step, then checkpoint and exit (with the other ranks)",
-                 signal.Signals(signum).name)
+        log.info("%s received: finishing the step, then checkpoint and exit", signal.Signals(signum).name)
         self.stop_requested = True
 
     def _drained(self) -> bool:
@@ -195,14 +194,14 @@ class Daemon:
             self._end_task(boundary)
         self.cluster.apply(a, self.learner)
         self.metrics.current_task.set(self.learner.task)
+        if a.checkpoint:   # before the step: a task-end checkpoint holds the new task, untrained yet
+            self._checkpoint(self.checkpoint_wanted or "steps")
         if a.rows:
             step() if step is not None else self.cluster.idle_step(self.learner)
             self.cluster.after_step(self.learner)
             self.dirty = True   # every rank's weights moved, whoever had the rows
             if self.audit and self.cluster.enabled:
                 self.audit.write(f"weights\t{self.learner.step_count}\t{weights_digest(self.learner)}\n")
-        if a.checkpoint:
-            self._checkpoint(self.checkpoint_wanted or "steps")
         return a
 
     def _measure(self, force: bool = False) -> dict | None:
@@ -368,7 +367,7 @@ class Daemon:
             self._snapshot("shutdown")
         if self.cluster.any(self.dirty):
             self._checkpoint("shutdown")
-        self.source.close()
+        self.cluster.in_turn(self.source.close)   # one rank at a time leaves the consumer group
         self.dead_letters.close()
         if self.api:
             self.api.stop()
