@@ -2,7 +2,9 @@
 
 Environment variables use the prefix ``STREAMD_`` and ``__`` between levels, e.g.
 ``STREAMD_SOURCE__KIND=kafka`` or ``STREAMD_API__TOKEN=...``. The defaults are the embedded demo
-(a folder inbox under ./var, local checkpoints and snapshots, the API on localhost). Unknown keys
+(a folder inbox under ./var, local checkpoints and snapshots, the API on localhost). Every path the
+daemon reads or writes defaults under one ``state_dir`` (``STREAMD_STATE_DIR``), so a container needs
+one volume and one setting; a path set explicitly is kept as given. Unknown keys
 and bad values fail at start with the field's dotted name and the allowed values, because a typo
 in a long-running daemon's config should never be silently ignored.
 """
@@ -13,80 +15,15 @@ import tomllib
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
 
+from streamd.config_sources import DeadLetterConfig, Section, SourceConfig
 from streamd.errors import UsageError
 from streamd.learning.optim import OptimConfig
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class DirectorySourceConfig(_Section):
-    path: Path = Path("./var/inbox")
-    task_from_subfolder: bool = True
-    settle_seconds: float = Field(1.0, ge=0)
-    on_commit: Literal["keep", "delete", "move"] = Field(
-        "keep", description="what happens to a file (and its sidecar) once a durable checkpoint covers it")
-    done_dir: Path | None = Field(None, description="where 'move' puts finished files; default <path>/.done")
-
-
-class KafkaSourceConfig(_Section):
-    bootstrap_servers: str = "127.0.0.1:9092"
-    topic: str = "streamd-images"
-    group_id: str = "streamd"
-    max_poll_records: int = Field(256, ge=1)
-    on_offsets_beyond_log_end: Literal["fail", "reset_to_log_start"] = Field(
-        "fail", description="checkpoint/committed offsets past a partition's log end (topic replaced or "
-        "truncated), or checkpoint offsets saved under another topic id (topic deleted and recreated, even "
-        "with more records now): fail = hold the partition and report not ready; reset_to_log_start = read it "
-        "from the start")
-    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
-    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
-    sasl_username: str | None = None
-    sasl_password: SecretStr | None = None
-    client_options: dict[str, Any] = Field(default_factory=dict,
-                                           description="passed to KafkaConsumer (fetch sizes, timeouts, SSL files)")
-
-    def security_options(self) -> dict[str, Any]:
-        """The kafka-python security settings (shared by the consumer and the dead-letter producer)."""
-        opts: dict[str, Any] = {"security_protocol": self.security_protocol}
-        if self.sasl_mechanism:
-            opts.update(sasl_mechanism=self.sasl_mechanism, sasl_plain_username=self.sasl_username,
-                        sasl_plain_password=self.sasl_password.get_secret_value() if self.sasl_password else None)
-        return opts
-
-    def consumer_options(self) -> dict[str, Any]:
-        """KafkaConsumer keyword arguments: the security settings plus the free-form options."""
-        return {**self.security_options(), **self.client_options}
-
-
-class ParquetSourceConfig(_Section):
-    path: Path = Path("./var/images.parquet")
-    image_column: str = "image"
-    label_column: str = "label"
-    task_column: str = "task"
-    batch_rows: int = Field(256, ge=1)
-
-
-class SourceConfig(_Section):
-    kind: Literal["directory", "kafka", "parquet"] = "directory"
-    directory: DirectorySourceConfig = DirectorySourceConfig()
-    kafka: KafkaSourceConfig = KafkaSourceConfig()
-    parquet: ParquetSourceConfig = ParquetSourceConfig()
-
-
-class DeadLetterConfig(_Section):
-    kind: Literal["folder", "kafka", "none"] = "folder"
-    path: Path = Path("./var/dead-letter")
-    topic: str = "streamd-dead-letter"   # kafka: same brokers and security as the source
-    max_backlog: int = Field(256, ge=1, description="dead letters the sink failed to take, held for a retry; "
-                                                    "at this many the daemon stops reading new records")
-
-
-class ModelConfig(_Section):
+class ModelConfig(Section):
     arch: str = "resnet18"
     image_size: int = Field(32, ge=8, le=1024)
     objective: str = "simsiam"
@@ -108,7 +45,7 @@ class ModelConfig(_Section):
         return v
 
 
-class StrategyConfig(_Section):
+class StrategyConfig(Section):
     name: str = "lump"
     plugin_options: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
@@ -127,7 +64,7 @@ class StrategyConfig(_Section):
         return self
 
 
-class LearnerConfig(_Section):
+class LearnerConfig(Section):
     device: str = "auto"
     amp: Literal["auto", "bf16", "off"] = "auto"
     compile: bool = False
@@ -146,7 +83,7 @@ class LearnerConfig(_Section):
         return self
 
 
-class BoundaryConfig(_Section):
+class BoundaryConfig(Section):
     mode: Literal["header", "drift", "both"] = "both"
     window: int = Field(64, ge=8, description="newest embeddings compared with the reference")
     reference_size: int = Field(256, ge=16, description="reservoir of the current segment")
@@ -157,14 +94,14 @@ class BoundaryConfig(_Section):
     ph_threshold: float = Field(8.0, gt=0, description="Page-Hinkley alarm level, in standard deviations")
 
 
-class CheckpointConfig(_Section):
+class CheckpointConfig(Section):
     dir: Path = Path("./var/checkpoints")
     every_steps: int = Field(100, ge=0)
     every_seconds: float = Field(60.0, ge=0)
     keep: int = Field(2, ge=1)
 
 
-class SnapshotConfig(_Section):
+class SnapshotConfig(Section):
     dir: Path = Path("./var/snapshots")
     every_steps: int = Field(0, ge=0)
     every_seconds: float = Field(300.0, ge=0)
@@ -173,7 +110,7 @@ class SnapshotConfig(_Section):
                                                      "0 keeps all")
 
 
-class ProbeConfig(_Section):
+class ProbeConfig(Section):
     per_task: int = Field(64, ge=0)
     every_steps: int = Field(200, ge=1)
     history_dir: Path | None = Path("./var/probe-history")
@@ -181,16 +118,30 @@ class ProbeConfig(_Section):
                                                             "folder cannot be written; the oldest are dropped")
 
 
-class ApiConfig(_Section):
+class ApiConfig(Section):
     enabled: bool = True
     host: str = "127.0.0.1"
     port: int = Field(9400, ge=0, le=65535)
     token: SecretStr | None = None
 
 
-class LoggingConfig(_Section):
+class LoggingConfig(Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     progress_seconds: float = Field(5.0, gt=0)
+
+
+# Settings whose default lives under ``state_dir``, and the name it gets there.
+STATE_PATHS = {"source.directory.path": "inbox", "source.parquet.path": "images.parquet",
+               "dead_letter.path": "dead-letter", "checkpoint.dir": "checkpoints", "snapshots.dir": "snapshots",
+               "probe.history_dir": "probe-history"}
+
+
+def _default_to(section: BaseModel, dotted: str, value: Path) -> BaseModel:
+    """``section`` with the setting at ``dotted`` set to ``value``, unless the user set it."""
+    head, _, rest = dotted.partition(".")
+    if rest:
+        return section.model_copy(update={head: _default_to(getattr(section, head), rest, value)})
+    return section if head in section.model_fields_set else section.model_copy(update={head: value})
 
 
 class StreamdConfig(BaseSettings):
@@ -209,6 +160,7 @@ class StreamdConfig(BaseSettings):
     api: ApiConfig = ApiConfig()
     logging: LoggingConfig = LoggingConfig()
     audit_log: Path | None = Field(None, description="append one line per consumed record position (tests, audits)")
+    state_dir: Path = Field(Path("./var"), description="where every path not set explicitly lives")
 
     toml_file: ClassVar[Path | None] = None  # load_config binds it on a subclass
 
@@ -219,6 +171,30 @@ class StreamdConfig(BaseSettings):
         if cls.toml_file is not None:
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=cls.toml_file))
         return tuple(sources)
+
+
+    @model_validator(mode="after")
+    def _paths_under_state_dir(self) -> "StreamdConfig":
+        for dotted, name in STATE_PATHS.items():
+            section, _, rest = dotted.partition(".")
+            object.__setattr__(self, section, _default_to(getattr(self, section), rest, self.state_dir / name))
+        return self
+
+    def written_paths(self) -> dict[str, Path]:
+        """Every path the daemon may create or write with this configuration, by its dotted setting."""
+        paths = {"checkpoint.dir": self.checkpoint.dir, "snapshots.dir": self.snapshots.dir}
+        if self.dead_letter.kind == "folder":
+            paths["dead_letter.path"] = self.dead_letter.path
+        if self.probe.history_dir is not None:
+            paths["probe.history_dir"] = self.probe.history_dir
+        if self.audit_log is not None:
+            paths["audit_log"] = self.audit_log
+        directory = self.source.directory
+        if self.source.kind == "directory" and directory.on_commit != "keep":
+            paths["source.directory.path"] = directory.path
+            if directory.on_commit == "move":
+                paths["source.directory.done_dir"] = directory.done_dir or directory.path / ".done"
+        return paths
 
 
 class ConfigError(UsageError, ValueError):

@@ -58,9 +58,15 @@ def atomic_write(path: Path, data: bytes, fsync: bool = True) -> None:
         fsync_dir(path.parent)
 
 
-def temp_folder(root: Path, prefix: str) -> Path:
-    """A new hidden folder under ``root`` to build a folder in before ``move_into_place``."""
-    return Path(tempfile.mkdtemp(prefix=prefix, dir=root))
+def temp_folder(root: Path, prefix: str, mode: int = 0o700) -> Path:
+    """A new hidden folder under ``root`` to build a folder in before ``move_into_place``.
+
+    Private by default; a folder others must read once it is in place (a published snapshot, pulled
+    by consumers running under other uids) passes ``mode=0o755``."""
+    folder = Path(tempfile.mkdtemp(prefix=prefix, dir=root))
+    if mode != 0o700:
+        folder.chmod(mode)
+    return folder
 
 
 def move_into_place(tmp: Path, final: Path, trace: Trace = _no_trace) -> None:

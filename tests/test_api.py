@@ -31,23 +31,20 @@ def auth(**headers):
     return {"Authorization": f"Bearer {TOKEN}", **headers}
 
 
-def test_token_required_everywhere_but_metrics_and_healthz(served):
-    client, _, _ = served
+def test_token_required_everywhere_but_metrics_and_the_probes(served):
+    """The kubelet's probes send no Authorization header: /healthz and /readyz must answer them."""
+    client, _, state = served
     assert client.get("/healthz").status_code == 200
+    assert client.get("/readyz").status_code == 503
+    state["ready"] = True
+    assert client.get("/readyz").status_code == 200
     metrics = client.get("/metrics")
     assert metrics.status_code == 200 and "streamd_build_info" in metrics.text
-    for path in ["/readyz", "/v1/snapshots", "/v1/snapshots/latest", "/v1/snapshots/v000001/files/config.json",
+    for path in ["/v1/snapshots", "/v1/snapshots/latest", "/v1/snapshots/v000001/files/config.json",
                  "/openapi.json", "/docs", "/no/such/path"]:
         assert client.get(path).status_code == 401, path
         assert client.get(path, headers={"Authorization": "Bearer wrong"}).status_code == 401, path
     assert client.get("/v1/snapshots", headers=auth()).status_code == 200
-
-
-def test_readyz_follows_the_ready_callable(served):
-    client, _, state = served
-    assert client.get("/readyz", headers=auth()).status_code == 503
-    state["ready"] = True
-    assert client.get("/readyz", headers=auth()).status_code == 200
 
 
 def test_listing_and_manifests(served):

@@ -24,6 +24,7 @@ from streamd.bench._machine import describe_machine, synced_clock
 from streamd.bench._summary import summarize
 from streamd.learning.data import Task, task_stream, train_test
 from streamd.errors import UsageError
+from streamd.extras import import_extra
 from streamd.learning.evaluation import (accuracy_row, average_accuracy, backward_transfer, forgetting,
                                 task_inference_accuracy)
 from streamd.learning.flops import backward_flops
@@ -179,8 +180,7 @@ def run_strategy(setup: Setup, strategy: str) -> dict:
 
 def plot(result: dict, path: Path) -> None:
     """One heatmap of R per strategy, averaged over seeds (rows: after task i; columns: evaluated task j)."""
-    import matplotlib
-
+    matplotlib = import_extra("matplotlib", "the benchmark plot")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

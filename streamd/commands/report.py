@@ -6,7 +6,7 @@ from pathlib import Path
 import pyarrow as pa
 
 from streamd.errors import LocalIOError, NotFoundError, UsageError, os_error_text
-from streamd.report import build_report
+from streamd.extras import import_extra
 
 
 def run(args) -> int:
@@ -15,6 +15,9 @@ def run(args) -> int:
         raise NotFoundError(f"no probe history at {history}")
     if history.is_dir() and not any(history.glob("part-*.parquet")):
         raise NotFoundError(f"{history} holds no probe history yet (no part-*.parquet files)")
+    import_extra("matplotlib", "streamd report")
+    from streamd.report import build_report
+
     try:
         summary = build_report(history, args.out)
     except pa.ArrowInvalid as e:

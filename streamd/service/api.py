@@ -1,6 +1,7 @@
 """The daemon's HTTP API (FastAPI served by uvicorn in a background thread).
 
-/metrics and /healthz are always open (scrapers and liveness probes carry no secrets); with a token
+/metrics, /healthz and /readyz are always open (scrapers and the kubelet's probes send no credentials,
+and none of them reveals a secret); with a token
 set, every other path, the OpenAPI description included, needs ``Authorization: Bearer <token>``.
 Request paths reach the filesystem only after validation: the version must be ``vNNNNNN`` or
 ``latest`` and name an existing snapshot, and a file name must be one the manifest lists.
@@ -23,7 +24,7 @@ from streamd.errors import LocalIOError
 from streamd.service.metrics import Metrics
 from streamd.service.snapshots import MANIFEST, list_versions, read_manifest, resolve_version, sha256_file
 
-OPEN_PATHS = {"/metrics", "/healthz"}
+OPEN_PATHS = {"/metrics", "/healthz", "/readyz"}
 VERSION_PARAM = PathParam(pattern=r"^(v\d{6}|latest)$", description="vNNNNNN or latest")
 
 
@@ -64,7 +65,7 @@ def build_app(snapshot_root: Path, metrics: Metrics, ready: Callable[[], bool], 
     def healthz() -> dict:
         return {"status": "ok"}
 
-    @app.get("/readyz", summary="Readiness: model loaded and sources connected", dependencies=protected)
+    @app.get("/readyz", summary="Readiness: model loaded and sources connected")
     def readyz() -> JSONResponse:
         ok = bool(ready())
         return JSONResponse({"ready": ok}, status_code=200 if ok else 503)

@@ -117,7 +117,7 @@ class SnapshotPublisher:
         try:
             versions = list_versions(self.root)
             number = int(versions[-1][1:]) + 1 if versions else 1
-            tmp = durable.temp_folder(self.root, TMP_PREFIX)
+            tmp = durable.temp_folder(self.root, TMP_PREFIX, mode=0o755)  # consumers run as other uids
             manifest = self._write(tmp, learner, number, versions, reason=reason, task=task, segment=segment,
                                    positions=positions, probe=probe)
             durable.move_into_place(tmp, self.root / version_name(number))
