@@ -37,6 +37,32 @@ def test_environment_overrides_the_toml_file_which_overrides_defaults(tmp_path, 
     assert cfg.checkpoint.keep == 2  # default
 
 
+def test_paths_not_set_default_under_state_dir_and_set_ones_are_kept(tmp_path, monkeypatch):
+    """A container mounts one volume and sets STREAMD_STATE_DIR; a path given explicitly wins."""
+    monkeypatch.setenv("STREAMD_STATE_DIR", "/srv/state")
+    monkeypatch.setenv("STREAMD_CHECKPOINT__EVERY_STEPS", "5")    # the section is set, its dir is not
+    cfg = load_config(write(tmp_path, '[snapshots]\ndir = "/pub/snapshots"\n[probe]\nhistory_dir = "rel/h"\n'))
+    assert cfg.checkpoint.dir == Path("/srv/state/checkpoints") and cfg.checkpoint.every_steps == 5
+    assert cfg.source.directory.path == Path("/srv/state/inbox") and cfg.dead_letter.path == Path("/srv/state/dead-letter")
+    assert cfg.snapshots.dir == Path("/pub/snapshots") and cfg.probe.history_dir == Path("rel/h")
+    assert cfg.written_paths() == {"checkpoint.dir": Path("/srv/state/checkpoints"),
+                                   "snapshots.dir": Path("/pub/snapshots"), "dead_letter.path": Path("/srv/state/dead-letter"),
+                                   "probe.history_dir": Path("rel/h")}
+    monkeypatch.setenv("STREAMD_SOURCE__DIRECTORY__ON_COMMIT", "move")
+    monkeypatch.setenv("STREAMD_DEAD_LETTER__KIND", "kafka")
+    moved = load_config().written_paths()
+    assert "dead_letter.path" not in moved and moved["source.directory.done_dir"] == Path("/srv/state/inbox/.done")
+
+
+def test_a_missing_bench_extra_is_a_usage_error_that_says_what_to_install():
+    from streamd.errors import UsageError
+    from streamd.extras import import_extra
+
+    with pytest.raises(UsageError, match=r"plots needs no_such_module_x, .*pip install 'streamd\[bench\]'"):
+        import_extra("no_such_module_x.sub", "plots")
+    assert import_extra("json", "x") is json
+
+
 @pytest.mark.parametrize("text, env, expected", [
     ('[source]\nkind = "ftp"\n', {}, ["source.kind", "'directory', 'kafka' or 'parquet'"]),
     ("", {"STREAMD_BOUNDARY__MODE": "guess"}, ["boundary.mode", "'header', 'drift' or 'both'"]),

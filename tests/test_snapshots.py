@@ -16,6 +16,7 @@ from streamd.client import verify
 from streamd.config import CheckpointConfig
 from streamd.learning.learner import build_learner
 from streamd.service.metrics import Metrics
+from streamd.service.checkpoint import save_checkpoint
 from streamd.service.snapshots import SnapshotPublisher, read_manifest, sha256_file
 
 
@@ -60,6 +61,20 @@ def test_snapshot_folder_holds_encoder_config_and_manifest(tmp_path, learner):
     assert metrics.registry.get_sample_value("streamd_snapshot_version") == 2
     assert metrics.registry.get_sample_value("streamd_snapshot_last_publish_timestamp_seconds") == pytest.approx(
         second["created_at_unix"])
+
+
+def test_published_snapshots_are_readable_by_other_uids_and_checkpoints_stay_private(tmp_path, learner):
+    """Consumers pull from the shared volume under their own uid; checkpoints hold raw replay images."""
+    old = os.umask(0o022)
+    try:
+        publish(SnapshotPublisher(tmp_path / "snapshots"), learner)
+        ckpt = save_checkpoint(tmp_path / "ckpt", 1, {"step": 1})
+    finally:
+        os.umask(old)
+    folder = tmp_path / "snapshots" / "v000001"
+    assert folder.stat().st_mode & 0o777 == 0o755
+    assert all(f.stat().st_mode & 0o777 == 0o644 for f in folder.iterdir())
+    assert ckpt.stat().st_mode & 0o777 == 0o700
 
 
 def test_retention_keeps_last_n_and_every_task_end(tmp_path, learner):
