@@ -157,6 +157,16 @@ def test_run_with_the_api_port_in_use_exits_7(tmp_path):
     assert result.stdout == ""
 
 
+@pytest.mark.parametrize("setting", ["STREAMD_SNAPSHOTS__DIR", "STREAMD_PROBE__HISTORY_DIR"])
+def test_run_with_a_state_path_it_cannot_write_exits_7_before_starting(tmp_path, a_file, setting):
+    """The container case (a volume the uid cannot write) stops the start in one line, whichever
+    part would have written there first; the tests run as root, so a regular file stands in the way."""
+    result = streamd("run", "--config", write_config(tmp_path), env={setting: str(a_file / "sub")})
+    assert_fails(result, 7, f"{setting[8:].lower().replace('__', '.')} {a_file / 'sub'} cannot be written",
+                 "Not a directory", "STREAMD_STATE_DIR")
+    assert result.stdout == "" and not list((tmp_path / "ckpt").iterdir()), "nothing ran"
+
+
 @pytest.mark.parametrize("command", [["run"], ["config", "show"]])
 def test_invalid_config_exits_2_with_every_error_on_one_line(tmp_path, command):
     config = tmp_path / "bad.toml"

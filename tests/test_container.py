@@ -181,3 +181,14 @@ def test_the_runtime_image_has_no_test_or_bench_dependencies(image):
     needs_extra = podman("run", "--rm", "--read-only", "--tmpfs", "/tmp", "--entrypoint", "streamd", IMAGE,
                          "produce", "dir", "--dataset", "mnist5k", "--out", "/tmp/stream", check=False)
     assert needs_extra.returncode == 2 and "pip install 'streamd[bench]'" in needs_extra.stderr
+
+
+def test_a_state_volume_the_uid_cannot_write_stops_the_start_in_one_line(image, tmp_path):
+    """A volume left owned by root (no fsGroup, no chown): exit 7 and what to do, not a traceback."""
+    state = tmp_path / "root-owned"
+    state.mkdir(mode=0o755)
+    out = podman("run", "--rm", "--user", "10001:10001", "--read-only", "--tmpfs", "/tmp",
+                 "--volume", f"{state}:{STATE}", IMAGE, check=False)
+    assert out.returncode == 7 and "Traceback" not in out.stderr, out.stderr
+    assert out.stderr.strip().splitlines()[-1].startswith(
+        f"streamd: checkpoint.dir {STATE}/checkpoints cannot be written by uid 10001: Permission denied")

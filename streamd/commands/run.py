@@ -28,7 +28,9 @@ def main(args) -> int:
     from streamd.service.daemon import Daemon
     from streamd.service.distributed import Cluster
     from streamd.learning.learner import resolve_device
+    from streamd.service.wiring import ensure_writable
 
+    ensure_writable(cfg)   # a LocalIOError reaches streamd.cli.main too: one line, exit 7
     daemon = Daemon(cfg, cluster=Cluster.from_env(resolve_device(cfg.learner.device)))  # one rank of several under torchrun
     if args.reset:
         set_aside(daemon.cfg.checkpoint.dir)  # the daemon's own: under torchrun, this rank's folder

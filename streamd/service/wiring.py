@@ -7,13 +7,42 @@ kafka-python.
 """
 from __future__ import annotations
 
+import errno
+import logging
+import os
+import tempfile
+
 from streamd.connectors.base import DeadLetterSink, Record, Source
 from streamd.config import ConfigError, StreamdConfig
+from streamd.errors import LocalIOError, os_error_text
 from streamd.service.distributed import Cluster
 from streamd.learning.learner import Learner, build_learner
 from streamd.service.metrics import Metrics
 from streamd.service.probe import Prober
 from streamd.service.snapshots import SnapshotPublisher
+
+
+log = logging.getLogger("streamd.daemon")
+FULL = (errno.ENOSPC, errno.EDQUOT)   # a full disk is survived at run time (writes retry), so not fatal here
+
+
+def ensure_writable(cfg: StreamdConfig) -> None:
+    """Creates the folders the daemon writes and stops the start, in one line, where it cannot write.
+
+    A read-only root filesystem or a volume owned by another uid would otherwise surface as a
+    traceback from whichever part writes first, or as a probe history that silently never lands."""
+    for setting, path in cfg.written_paths().items():
+        folder = path.parent if setting == "audit_log" else path
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            tempfile.TemporaryFile(dir=folder).close()
+        except OSError as e:
+            if e.errno in FULL:
+                log.warning("%s %s: %s; starting anyway, writes there will be retried", setting, path, os_error_text(e))
+                continue
+            raise LocalIOError(f"{setting} {path} cannot be written by uid {os.getuid()}: {os_error_text(e)}; "
+                               "mount a volume writable by this uid there, or set state_dir (STREAMD_STATE_DIR) "
+                               "to one") from e
 
 
 def rank_config(cfg: StreamdConfig, cluster: Cluster) -> StreamdConfig:
