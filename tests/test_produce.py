@@ -13,6 +13,7 @@ from conftest import FAST_CLIENT
 from streamd.connectors.base import TASK_HEADER
 from streamd.connectors.directory import DirectorySource
 from streamd.connectors.kafka import KafkaSource
+from streamd.commands.produce import send_order
 from streamd.cli import main
 from streamd.learning.data import task_stream
 from streamd.service.ingest import decode, parse_label
@@ -38,9 +39,10 @@ def test_dataset_tasks_into_folders_with_headers(tmp_path, capsys):
     records = read_dir(tmp_path)
     assert [r.task for r in records] == ["task-000"] * 4 + ["task-001"] * 4 + ["task-002"] * 4
     expected = task_stream("digits", "class", 3, 16)
-    assert [parse_label(r) for r in records] == [int(t.labels[i]) for t in expected for i in range(4)]
+    sent = [(t, i) for t in expected for i in send_order(t, seed=0)[:4]]
+    assert [parse_label(r) for r in records] == [int(t.labels[i]) for t, i in sent]
     first = decode(records[0], 16)
-    assert first.shape == (3, 16, 16) and (first == expected[0].images[0]).all()    # PNG is lossless
+    assert first.shape == (3, 16, 16) and (first == sent[0][0].images[sent[0][1]]).all()    # PNG is lossless
     assert not [p for p in tmp_path.rglob("*") if p.name.startswith(".")]            # no temp files left
 
 
@@ -91,8 +93,19 @@ def test_dataset_tasks_into_kafka(kafka_broker, kafka_topic, capsys, fmt, messag
     source.close()
     assert [r.headers[TASK_HEADER] for r in records] == ["0"] * 6 + ["1"] * 6
     expected = task_stream("digits", "class", 2, 12)
-    assert [parse_label(r) for r in records] == [int(t.labels[i]) for t in expected for i in range(6)]
-    assert (decode(records[7], 12) == expected[1].images[1]).all()
+    sent = [(t, i) for t in expected for i in send_order(t, seed=0)[:6]]
+    assert [parse_label(r) for r in records] == [int(t.labels[i]) for t, i in sent]
+    assert all((decode(r, 12) == t.images[i]).all() for r, (t, i) in zip(records, sent))
+
+
+def test_per_task_takes_a_shuffled_sample_of_each_task_not_its_first_class(tmp_path, capsys):
+    """mnist5k is sorted by class: the demo's first 40 images per task used to be one class."""
+    produce(capsys, "dir", "--out", str(tmp_path / "out"), "--dataset", "mnist5k", "--tasks", "5", "--per-task", "40",
+            "--image-size", "8", "--headers")
+    labels_by_task: dict[str, set[int]] = {}
+    for r in read_dir(tmp_path / "out"):
+        labels_by_task.setdefault(r.task, set()).add(parse_label(r))
+    assert len(labels_by_task) == 5 and all(len(labels) == 2 for labels in labels_by_task.values()), labels_by_task
 
 
 def test_folder_tree_of_classes_into_folders(tmp_path, capsys):

@@ -16,6 +16,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from streamd.connectors.base import ARROW_CONTENT_TYPE, CONTENT_TYPE_HEADER, LABEL_HEADER, SHAPE_HEADER, TASK_HEADER
 from streamd.connectors.wire import arrow_message, encode_image, image_headers
 from streamd.errors import LocalIOError, NotFoundError, UnreachableError, UsageError, os_error_text
@@ -47,13 +49,19 @@ def dataset_items(args) -> Iterator[Item]:
         tasks = task_stream(args.dataset, args.split, args.tasks, args.image_size, args.seed)
     except ValueError as e:  # unknown dataset, too few classes for the tasks, a folder without classes
         raise UsageError(str(e)) from e
-    return _encoded(tasks, "raw" if args.format == "raw" else "png", args.per_task)
+    return _encoded(tasks, "raw" if args.format == "raw" else "png", args.per_task, args.seed)
 
 
-def _encoded(tasks, fmt: str, per_task: int) -> Iterator[Item]:
+def send_order(task, seed: int) -> list[int]:
+    """A task's images in a seeded shuffled order: mnist5k is sorted by class, so the first
+    ``--per-task`` images in dataset order would all be one class, and the probe could measure nothing."""
+    return np.random.default_rng(seed + task.task_id).permutation(len(task.labels)).tolist()
+
+
+def _encoded(tasks, fmt: str, per_task: int, seed: int) -> Iterator[Item]:
     for task in tasks:
         pixels = task.images.permute(0, 2, 3, 1).numpy()
-        for i in range(min(len(pixels), per_task or len(pixels))):
+        for i in send_order(task, seed)[:per_task or len(pixels)]:
             payload, content_type, extra = encode_image(pixels[i], fmt)
             yield Item(payload, content_type, str(task.task_id), int(task.labels[i]), extra)
 
