@@ -35,6 +35,7 @@ class Encoder(nn.Module):
 
     feature_dim: int
     block_names: list[str]
+    architecture: dict   # every parameter of the plain torchvision module ``self.net`` (config.json)
 
     def __init__(self, spec: EncoderSpec):
         super().__init__()
@@ -88,20 +89,6 @@ class Encoder(nn.Module):
         return self.head(x)
 
 
-class _WidthResNet(resnet.ResNet):
-    """torchvision ResNet with a configurable base width (torchvision fixes it at 64)."""
-
-    def __init__(self, block, layers, width: int):
-        super().__init__(block, layers)
-        self.inplanes = width
-        self.conv1 = nn.Conv2d(3, width, kernel_size=7, stride=2, padding=3, bias=False)
-        self.bn1 = nn.BatchNorm2d(width)
-        self.layer1 = self._make_layer(block, width, layers[0])
-        self.layer2 = self._make_layer(block, width * 2, layers[1], stride=2)
-        self.layer3 = self._make_layer(block, width * 4, layers[2], stride=2)
-        self.layer4 = self._make_layer(block, width * 8, layers[3], stride=2)
-
-
 _RESNETS = {
     "resnet18": (resnet.BasicBlock, [2, 2, 2, 2], 64),
     "resnet50": (resnet.Bottleneck, [3, 4, 6, 3], 64),
@@ -110,16 +97,34 @@ _RESNETS = {
 }
 
 
-def build_torchvision_resnet(arch: str, image_size: int, in_channels: int = 3) -> resnet.ResNet:
-    """The plain torchvision module (also what the pull client returns), without the fc."""
+def resnet_architecture(arch: str, image_size: int, in_channels: int = 3) -> dict:
+    """Every parameter of the ResNet streamd builds, for config.json: with it a plain torchvision
+    script rebuilds the same module (a small-image stem loads strictly into torchvision's default
+    one too, and then computes different features, so the stem must be spelled out)."""
     block, layers, width = _RESNETS[arch]
-    net = resnet.ResNet(block, layers) if width == 64 else _WidthResNet(block, layers, width)
-    if image_size <= 64 or in_channels != 3:
-        # Small-image stem: a 3x3 stride-1 conv and no max-pool keep 32 px inputs informative.
-        stride, kernel = (1, 3) if image_size <= 64 else (2, 7)
-        net.conv1 = nn.Conv2d(in_channels, net.conv1.out_channels, kernel, stride, kernel // 2, bias=False)
-        if image_size <= 64:
-            net.maxpool = nn.Identity()
+    small = image_size <= 64   # a 3x3 stride-1 conv and no max-pool keep 32 px inputs informative
+    kernel, stride = (3, 1) if small else (7, 2)
+    return {"family": "resnet", "block": block.__name__, "layers": list(layers), "width": width,
+            "stem": {"in_channels": in_channels, "kernel_size": kernel, "stride": stride, "padding": kernel // 2,
+                     "maxpool": not small},
+            "fc": "identity"}
+
+
+def resnet_from_architecture(a: dict) -> resnet.ResNet:
+    """A plain ``torchvision.models.resnet.ResNet`` (no subclass) shaped as ``a`` says, without the fc."""
+    block, layers, width, stem = getattr(resnet, a["block"]), a["layers"], a["width"], a["stem"]
+    net = resnet.ResNet(block, layers)
+    if width != 64:   # torchvision fixes the base width at 64: rebuild the stem and the stages at this one
+        net.inplanes = width
+        net.conv1 = nn.Conv2d(3, width, kernel_size=7, stride=2, padding=3, bias=False)
+        net.bn1 = nn.BatchNorm2d(width)
+        for i, blocks in enumerate(layers):
+            setattr(net, f"layer{i + 1}", net._make_layer(block, width * 2 ** i, blocks, stride=1 if i == 0 else 2))
+    if (stem["in_channels"], stem["kernel_size"], stem["stride"]) != (3, 7, 2):
+        net.conv1 = nn.Conv2d(stem["in_channels"], width, stem["kernel_size"], stem["stride"], stem["padding"],
+                              bias=False)
+    if not stem["maxpool"]:
+        net.maxpool = nn.Identity()
     net.fc = nn.Identity()
     return net
 
@@ -128,7 +133,8 @@ def build_torchvision_resnet(arch: str, image_size: int, in_channels: int = 3) -
 class ResNetEncoder(Encoder):
     def __init__(self, spec: EncoderSpec):
         super().__init__(spec)
-        self.net = build_torchvision_resnet(spec.arch, spec.image_size, spec.in_channels)
+        self.architecture = resnet_architecture(spec.arch, spec.image_size, spec.in_channels)
+        self.net = resnet_from_architecture(self.architecture)
         last = self.net.layer4[-1]
         self.feature_dim = (last.bn3 if hasattr(last, "bn3") else last.bn2).num_features
         self.block_names = ["stem", "layer1", "layer2", "layer3", "layer4"]
@@ -156,11 +162,9 @@ class ViTEncoder(Encoder):
         super().__init__(spec)
         kw = {"patch_size": 4, "num_layers": 6, "num_heads": 3, "hidden_dim": 192, "mlp_dim": 768}
         kw.update(spec.kwargs)
-        self.net = VisionTransformer(image_size=spec.image_size, **kw)
-        if spec.in_channels != 3:
-            p = kw["patch_size"]
-            self.net.conv_proj = nn.Conv2d(spec.in_channels, kw["hidden_dim"], p, p)
-        self.net.heads = nn.Identity()
+        self.architecture = {"family": "vit", "image_size": spec.image_size, "in_channels": spec.in_channels, **kw,
+                             "heads": "identity"}
+        self.net = vit_from_architecture(self.architecture)
         self.feature_dim = kw["hidden_dim"]
         self.block_names = ["embed"] + [f"layer{i}" for i in range(kw["num_layers"])]
 
@@ -195,6 +199,20 @@ class _ViTEmbed(nn.Module):
         yield self.net.conv_proj.bias
         yield self.net.class_token
         yield self.net.encoder.pos_embedding
+
+
+def vit_from_architecture(a: dict) -> VisionTransformer:
+    """A plain torchvision ``VisionTransformer`` shaped as ``a`` says, without the classification head."""
+    net = VisionTransformer(**{k: v for k, v in a.items() if k not in ("family", "in_channels", "heads")})
+    if a["in_channels"] != 3:
+        net.conv_proj = nn.Conv2d(a["in_channels"], a["hidden_dim"], a["patch_size"], a["patch_size"])
+    net.heads = nn.Identity()
+    return net
+
+
+def module_from_architecture(a: dict) -> nn.Module:
+    """The plain torchvision module a snapshot's config.json ``architecture`` describes."""
+    return {"resnet": resnet_from_architecture, "vit": vit_from_architecture}[a["family"]](a)
 
 
 def build_encoder(spec: EncoderSpec) -> Encoder:

@@ -20,7 +20,7 @@ import httpx
 import safetensors.torch
 from torch import nn
 
-from streamd.models.encoders import EncoderSpec, build_encoder
+from streamd.models.encoders import EncoderSpec, build_encoder, module_from_architecture
 from streamd.errors import (AuthError, IntegrityError, LocalIOError, NotFoundError, UnreachableError, UsageError,
                             os_error_text)
 from streamd.service.snapshots import (CONFIG, LATEST, MANIFEST, MODEL, VERSION_RE, list_versions, read_manifest,
@@ -171,10 +171,16 @@ def _check_status(response: httpx.Response, base: str, version: str, token: str 
 
 
 def build_module(folder: Path) -> nn.Module:
-    """The plain torchvision module of a verified snapshot folder, weights loaded strictly, eval mode."""
+    """The plain torchvision module of a verified snapshot folder, weights loaded strictly, eval mode.
+
+    From config.json's ``architecture``; snapshots published before it existed are rebuilt from
+    their encoder spec."""
     config = json.loads((folder / CONFIG).read_text())
-    spec = EncoderSpec(config["arch"], config["image_size"], config["in_channels"], config["kwargs"])
-    net = build_encoder(spec).net  # ResNets: models.encoders.build_torchvision_resnet; ViT: VisionTransformer
+    if "architecture" in config:
+        net = module_from_architecture(config["architecture"])
+    else:
+        net = build_encoder(EncoderSpec(config["arch"], config["image_size"], config["in_channels"],
+                                        config["kwargs"])).net
     net.load_state_dict(safetensors.torch.load_file(folder / MODEL), strict=True)
     return net.eval()
 

@@ -82,7 +82,7 @@ def test_pull_succeeds_from_both_servers_so_the_failures_below_are_the_cases_the
     assert streamd("pull", open_url, "--out", tmp_path / "a").returncode == 0
     ok = streamd("pull", token_url, "--out", tmp_path / "b", env={"STREAMD_API__TOKEN": TOKEN})
     assert ok.returncode == 0 and ok.stderr == "", ok.stderr
-    assert sorted(p.name for p in (tmp_path / "b").iterdir()) == ["config.json", "manifest.json", "model.safetensors"]
+    assert sorted(p.name for p in (tmp_path / "b").iterdir()) == ["README.md", "config.json", "manifest.json", "model.safetensors"]
 
 
 @pytest.mark.parametrize("where", ["http", "folder"])

@@ -107,7 +107,7 @@ def test_pull_command_from_http_and_folder(server, learner, tmp_path):
     publish(server.app.state.snapshot_root, learner, count=3)
     out = tmp_path / "pulled"
     assert streamd_main(["pull", f"http://127.0.0.1:{server.port}", "--version", "v000002", "--out", str(out)]) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["config.json", "manifest.json", "model.safetensors"]
+    assert sorted(p.name for p in out.iterdir()) == ["README.md", "config.json", "manifest.json", "model.safetensors"]
     x = images()
     with torch.no_grad():
         assert torch.equal(load_encoder(out)(learner.preprocess(x)), encoder_output(learner, x))

@@ -40,18 +40,23 @@ def test_snapshot_folder_holds_encoder_config_and_manifest(tmp_path, learner):
     finally:
         learner.encoder.freeze_prefix(0)
     folder = tmp_path / "v000002"
-    assert sorted(p.name for p in folder.iterdir()) == ["config.json", "manifest.json", "model.safetensors"]
+    assert sorted(p.name for p in folder.iterdir()) == ["README.md", "config.json", "manifest.json", "model.safetensors"]
     manifest = read_manifest(folder)
     assert manifest == json.loads(json.dumps(second))
     assert (first["version"], first["parent"], manifest["version"], manifest["parent"]) == (1, None, 2, "v000001")
     assert datetime.fromisoformat(manifest["created_at"]).utcoffset().total_seconds() == 0
-    assert manifest["files"] == {n: sha256_file(folder / n) for n in ("model.safetensors", "config.json")}
+    assert manifest["files"] == {n: sha256_file(folder / n) for n in ("model.safetensors", "config.json", "README.md")}
     assert manifest["frozen_blocks"] == {"count": 2, "names": ["stem", "layer1"]}
     assert (manifest["reason"], manifest["task"], manifest["positions"]) == ("task_end", 1, {"kafka": {"0": [10, 20]}})
     assert manifest["probe"] == {"accuracy": {"0": 0.5}}
     assert {"torch", "torchvision", "safetensors", "streamd", "python"} <= set(manifest["libraries"])
     config = json.loads((folder / "config.json").read_text())
     assert (config["arch"], config["image_size"], config["in_channels"]) == ("resnet_tiny", 16, 3)
+    assert config["architecture"] == {"family": "resnet", "block": "BasicBlock", "layers": [1, 1, 1, 1], "width": 16,
+                                      "stem": {"in_channels": 3, "kernel_size": 3, "stride": 1, "padding": 1,
+                                               "maxpool": False}, "fc": "identity"}
+    card = (folder / "README.md").read_text()
+    assert "# streamd encoder v000002" in card and "parent: v000001" in card and "task 1 (segment 1)" in card
     assert config["preprocessing"]["mean"] == list(MEAN) and config["preprocessing"]["std"] == list(STD)
     weights = safetensors.torch.load_file(folder / "model.safetensors")  # encoder only, torchvision keys
     expected = learner.encoder.export_state_dict()

@@ -31,6 +31,7 @@ import streamd
 from streamd import durable
 from streamd.learning.augment import MEAN, STD
 from streamd.service.metrics import Metrics
+from streamd.service.model_card import CARD, model_card
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +83,7 @@ def encoder_config(encoder) -> dict:
     spec = encoder.spec
     return {
         "arch": spec.arch, "image_size": spec.image_size, "in_channels": spec.in_channels, "kwargs": dict(spec.kwargs),
-        "feature_dim": encoder.feature_dim, "format": "torchvision",
+        "feature_dim": encoder.feature_dim, "format": "torchvision", "architecture": encoder.architecture,
         "preprocessing": {"image_size": spec.image_size, "scale": "uint8 / 255", "mean": list(MEAN), "std": list(STD)},
     }
 
@@ -93,8 +94,10 @@ def library_versions() -> dict:
 
 
 class SnapshotPublisher:
-    def __init__(self, root: Path, keep_last: int = 5, keep_task_end: int = 20, metrics: Metrics | None = None):
+    def __init__(self, root: Path, keep_last: int = 5, keep_task_end: int = 20, metrics: Metrics | None = None,
+                 training: dict | None = None):
         self.root = Path(root)
+        self.training = training or {}   # objective, strategy, source: for the model card
         self.keep_last = max(1, keep_last)
         self.keep_task_end = keep_task_end  # 0: every task-end snapshot is kept
         self.metrics = metrics
@@ -142,10 +145,9 @@ class SnapshotPublisher:
     def _write(self, folder: Path, learner, number: int, versions: list[str], **fields) -> dict:
         encoder = learner.encoder
         tensors = {k: v.detach().to("cpu").contiguous() for k, v in encoder.export_state_dict().items()}
+        config = encoder_config(encoder)
         blobs = {MODEL: safetensors.torch.save(tensors, metadata={"format": "pt"}),
-                 CONFIG: json.dumps(encoder_config(encoder), indent=2).encode()}
-        for name, blob in blobs.items():
-            durable.write_synced(folder / name, lambda f, blob=blob: f.write(blob))
+                 CONFIG: json.dumps(config, indent=2).encode()}
         now = datetime.now(timezone.utc)
         k = encoder.frozen_blocks
         manifest = {
@@ -159,7 +161,12 @@ class SnapshotPublisher:
             "frozen_blocks": {"count": k, "names": encoder.block_names[:k]},
             "positions": fields["positions"], "probe": fields["probe"], "libraries": library_versions(),
         }
-        text = json.dumps(manifest, indent=2, default=str).encode()
+        manifest = json.loads(json.dumps(manifest, default=str))   # as readers will see it (string keys)
+        blobs[CARD] = model_card(manifest, config, self.training).encode()
+        for name, blob in blobs.items():
+            durable.write_synced(folder / name, lambda f, blob=blob: f.write(blob))
+        manifest["files"] = {name: hashlib.sha256(blob).hexdigest() for name, blob in blobs.items()}
+        text = json.dumps(manifest, indent=2).encode()
         durable.write_synced(folder / MANIFEST, lambda f: f.write(text))
         return manifest
 

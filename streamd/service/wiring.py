@@ -74,7 +74,9 @@ def build_prober(cfg: StreamdConfig, metrics: Metrics) -> Prober:
 
 def build_publisher(cfg: StreamdConfig, metrics: Metrics) -> SnapshotPublisher:
     s = cfg.snapshots
-    return SnapshotPublisher(s.dir, keep_last=s.keep_last, keep_task_end=s.keep_task_end, metrics=metrics)
+    training = {"objective": cfg.model.objective, "strategy": cfg.strategy.name, "source": cfg.source.kind}
+    return SnapshotPublisher(s.dir, keep_last=s.keep_last, keep_task_end=s.keep_task_end, metrics=metrics,
+                             training=training)
 
 
 def build_source(cfg: StreamdConfig, metrics: Metrics | None = None) -> Source:

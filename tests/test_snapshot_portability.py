@@ -1,0 +1,68 @@
+"""A snapshot outlives streamd: the model card's torch/torchvision recipe, run in a process where
+streamd cannot be imported, rebuilds a plain torchvision module from config.json and model.safetensors
+and computes the same features as the encoder that was trained."""
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+import pytest
+import torch
+from publishing_fixtures import tiny_learner
+from safetensors.torch import load_file, save_file
+
+from streamd.client import load_encoder
+from streamd.learning.augment import Preprocess
+from streamd.service.snapshots import SnapshotPublisher
+
+NO_STREAMD = '''import sys
+
+
+class _NoStreamd:
+    """This script must work where streamd is not installed."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] == "streamd":
+            raise ModuleNotFoundError(f"No module named {name!r} (blocked)")
+
+
+sys.meta_path.insert(0, _NoStreamd())
+from pathlib import Path
+snapshot = Path(sys.argv[1])
+'''
+AFTER = '''
+from safetensors.torch import load_file as _load, save_file as _save
+_save({"features": features(_load(sys.argv[2])["images"]).contiguous()}, sys.argv[3])
+assert not [m for m in sys.modules if m.split(".")[0] == "streamd"]
+print(type(encoder).__module__, type(encoder).__name__)
+'''
+
+
+@pytest.mark.parametrize("arch, image_size, kwargs", [
+    ("resnet_tiny", 16, {}),                     # width 16, small-image stem (3x3 conv, no max-pool)
+    ("resnet18", 72, {}),                        # torchvision's own stem (7x7 stride 2, max-pool)
+    ("vit_small", 16, {"num_layers": 2}),
+])
+def test_the_model_card_recipe_rebuilds_the_encoder_without_streamd(tmp_path, arch, image_size, kwargs):
+    learner = tiny_learner(arch, image_size, encoder_kwargs=kwargs)
+    manifest = SnapshotPublisher(tmp_path / "snapshots", training={"objective": "simsiam"}).publish(
+        learner, reason="steps", task=0, segment=0, positions={}, probe=None)
+    folder = tmp_path / "snapshots" / manifest["name"]
+    card = (folder / "README.md").read_text()
+    recipe = re.search(r"```python\n(.*?)```", card, re.S).group(1)
+    (tmp_path / "load.py").write_text(NO_STREAMD + recipe + AFTER)
+    images = torch.randint(0, 256, (4, 3, image_size, image_size), dtype=torch.uint8)
+    save_file({"images": images}, tmp_path / "images.safetensors")
+    run = subprocess.run([sys.executable, str(tmp_path / "load.py"), str(folder), str(tmp_path / "images.safetensors"),
+                          str(tmp_path / "features.safetensors")], capture_output=True, text=True, timeout=300,
+                         cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    family = "resnet ResNet" if arch.startswith("resnet") else "vision_transformer VisionTransformer"
+    assert run.stdout.strip() == f"torchvision.models.{family}"   # a plain torchvision class, no subclass
+    encoder = learner.encoder.eval()
+    with torch.no_grad():
+        trained = encoder(Preprocess()(images))
+    rebuilt = load_file(tmp_path / "features.safetensors")["features"]
+    assert rebuilt.shape == trained.shape and torch.allclose(rebuilt, trained, atol=1e-5)
+    assert type(load_encoder(folder)) is type(encoder.net)   # the client returns the same plain class
