@@ -3,6 +3,7 @@ import io
 import torch
 
 from publishing_fixtures import images, perturb, tiny_learner
+from streamd.learning.health import representation_health
 from streamd.service.metrics import Metrics
 from streamd.service.probe import Prober, read_history
 
@@ -166,3 +167,29 @@ def test_history_backlog_is_bounded_while_the_folder_cannot_be_written(tmp_path,
     assert history.pending == [] and f"writable again; {dropped:.0f} rows were dropped" in caplog.text
     rows = read_history(blocker / "history").to_pylist()
     assert len(rows) == 10 + per_measure and {r["step"] for r in rows} == {r["step"] for r in made[-10:]} | {9}
+
+
+def test_collapse_signals_tell_spread_features_from_a_point_and_from_a_line():
+    g = torch.Generator().manual_seed(0)
+    spread = torch.randn(128, 32, generator=g)
+    point = torch.randn(1, 32, generator=g) + 1e-3 * torch.randn(128, 32, generator=g)
+    line = torch.randn(128, 1, generator=g) @ torch.randn(1, 32, generator=g) + 1e-3 * torch.randn(128, 32, generator=g)
+    healthy, at_a_point, on_a_line = map(representation_health, (spread, point, line))
+    assert 0.9 < healthy["std_ratio"] < 1.1 and healthy["effective_rank"] > 20
+    assert at_a_point["std_ratio"] < 0.01            # complete collapse: the spread says it
+    assert on_a_line["effective_rank"] < 2           # dimensional collapse: the rank says it
+    assert representation_health(spread[:3]) is None
+    assert representation_health(torch.ones(8, 4)) == {"std_ratio": 0.0, "effective_rank": 1.0}
+
+
+def test_unlabelled_probe_reports_representation_health_in_result_gauges_and_history(tmp_path):
+    metrics = Metrics()
+    prober = Prober(per_task=16, hold_out_every=1, history_path=tmp_path / "history", metrics=metrics)
+    prober.hold_out(images(16, seed=3), None, task=0)
+    result = prober.maybe_measure(tiny_learner(), step=0, force=True)
+    assert result["accuracy"] == {} and set(result["health"]) == {"std_ratio", "effective_rank"}
+    assert metrics.registry.get_sample_value("streamd_representation_std_ratio") == result["health"]["std_ratio"] > 0
+    assert metrics.registry.get_sample_value("streamd_representation_effective_rank") == \
+        result["health"]["effective_rank"] > 1
+    rows = {r["metric"]: r["value"] for r in read_history(tmp_path / "history").to_pylist()}
+    assert rows["std_ratio"] == result["health"]["std_ratio"]

@@ -296,6 +296,7 @@ class Daemon:
         if self.audit:
             self.audit.write(f"checkpoint\t{folder.name}\n")
         committed = self.source.commit(positions) is not False
+        self.metrics.source_commit_failures.inc(0 if committed else 1)
         log.info("checkpoint %s (%s) durable; source %s", folder.name, reason, "committed" if committed else "NOT committed")
         return True
 

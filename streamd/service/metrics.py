@@ -85,6 +85,9 @@ class Metrics:
         self.checkpoint_last_timestamp = gauge("checkpoint_last_timestamp_seconds",
                                                "Unix time of the last durable checkpoint.")
         self.checkpoint_failures = counter("checkpoint_failures", "Checkpoint writes that failed.")
+        self.source_commit_failures = counter(
+            "source_commit_failures", "Source commits (Kafka offsets) that failed after their retries; the "
+            "checkpoint still holds the positions, but another group member would re-read those records.")
         # Probes
         self.probe_accuracy = gauge("probe_accuracy_ratio", "kNN accuracy on a task's held-out probe set.", ["task"])
         self.probe_forgetting = gauge("probe_forgetting_ratio", "Best earlier probe accuracy minus the current one.",
@@ -93,6 +96,11 @@ class Metrics:
         self.representation_drift = gauge("representation_drift_ratio",
                                           "1 - linear CKA between current and task-end features of a task's probe set.",
                                           ["task"])
+        self.representation_std_ratio = gauge(
+            "representation_std_ratio", "Std of L2-normalised probe features x sqrt(dim): about 1 when spread "
+            "out, towards 0 when the representation collapses (needs no labels).")
+        self.representation_effective_rank = gauge(
+            "representation_effective_rank", "exp(entropy of the normalised singular values) of the probe features.")
         self.probe_history_rows_dropped = counter(
             "probe_history_rows_dropped", "Probe-history rows dropped (oldest first) while the history folder "
             "could not be written and the in-memory backlog was full.")

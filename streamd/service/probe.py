@@ -7,7 +7,8 @@ probe set with the current encoder and measures:
 - labelled tasks: weighted-kNN accuracy (even rows are the bank, odd rows the queries), the row of
   the live accuracy matrix for the current task, and forgetting = best accuracy so far - current;
 - every task with a task-end reference: representation drift = 1 - linear CKA between the current
-  features and the features the encoder gave at the end of that task.
+  features and the features the encoder gave at the end of that task;
+- all probe rows together, labelled or not: collapse signals (``streamd.learning.health``).
 
 Results go to the Prometheus gauges and, as long rows (step, time, task, current_task, metric,
 value), to a Parquet history folder (one part file per measurement, compacted now and then).
@@ -25,6 +26,7 @@ import torch
 
 from streamd import durable
 from streamd.learning.evaluation import knn_accuracy
+from streamd.learning.health import representation_health
 from streamd.service.metrics import Metrics
 from streamd.learning.similarity import linear_cka
 
@@ -98,11 +100,12 @@ class Prober:
             return None
         self.last_step = step
         current = learner.task
-        accuracy, drift = {}, {}
+        accuracy, drift, every_feature = {}, {}, []
         for task, probe in self.sets.items():
             if not len(probe["images"]):
                 continue
             feats = learner.embed(probe["images"], task=task)
+            every_feature.append(feats)
             acc = _knn_on_probe(feats, probe["labels"])
             if acc is not None:
                 accuracy[task] = acc
@@ -115,8 +118,9 @@ class Prober:
         forgetting_mean = sum(forgetting.values()) / len(forgetting) if forgetting else 0.0
         if accuracy:
             self.matrix[current] = dict(accuracy)
+        health = representation_health(torch.cat(every_feature)) if every_feature else None
         result = {"step": step, "task": current, "accuracy": accuracy, "forgetting": forgetting,
-                  "forgetting_mean": forgetting_mean, "drift": drift}
+                  "forgetting_mean": forgetting_mean, "drift": drift, "health": health or {}}
         self._export(result, training or {})
         return result
 
@@ -130,6 +134,10 @@ class Prober:
             for task, name, value in rows[1:]:
                 gauges[name].labels(str(task)).set(value)
             m.forgetting_mean.set(result["forgetting_mean"])
+            health_gauges = {"std_ratio": m.representation_std_ratio, "effective_rank": m.representation_effective_rank}
+            for name, value in result["health"].items():
+                health_gauges[name].set(value)
+        rows += [(GLOBAL, name, value) for name, value in result["health"].items()]
         rows += [(GLOBAL, name, value) for name, value in training.items() if math.isfinite(value)]
         if self.history is not None:
             now = time.time()
