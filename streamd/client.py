@@ -23,7 +23,7 @@ from torch import nn
 from streamd.models.encoders import EncoderSpec, build_encoder, module_from_architecture
 from streamd.errors import (AuthError, IntegrityError, LocalIOError, NotFoundError, UnreachableError, UsageError,
                             os_error_text)
-from streamd.service.snapshots import (CONFIG, LATEST, MANIFEST, MODEL, VERSION_RE, list_versions, read_manifest,
+from streamd.service.snapshots import (ALIAS_RE, CONFIG, LATEST, MANIFEST, MODEL, VERSION_RE, list_versions, read_manifest,
                                resolve_version, sha256_file)
 
 TOKEN_ENV = "STREAMD_API__TOKEN"
@@ -91,8 +91,8 @@ def local_manifest(folder: Path) -> dict:
 def pull(source: str | Path, version: str = LATEST, out_dir: str | Path = "snapshot",
          token: str | None = None, timeout: float = 60.0) -> Path:
     """Copies one verified snapshot (the three files) into ``out_dir`` and returns it."""
-    if version != LATEST and not VERSION_RE.match(version):
-        raise UsageError(f"a snapshot version is vNNNNNN or {LATEST}, not {version!r}")
+    if not VERSION_RE.match(version) and not ALIAS_RE.match(version):
+        raise UsageError(f"a snapshot version is vNNNNNN or an alias such as {LATEST}, not {version!r}")
     out = Path(out_dir)
     if _is_url(source):
         _download(str(source).rstrip("/"), version, out, token or os.environ.get(TOKEN_ENV), timeout)
@@ -137,6 +137,35 @@ def _download(base: str, version: str, out: Path, token: str | None, timeout: fl
         raise UnreachableError(f"cannot reach {base}: {reason}") from e
     except httpx.InvalidURL as e:
         raise UsageError(f"invalid server URL {base}: {e}") from e
+
+
+def call_api(base: str, method: str, path: str, token: str | None, timeout: float = 60.0,
+             body: dict | None = None) -> dict:
+    """One JSON request to a daemon's API (the alias commands), failures mapped as for pulls."""
+    base = base.rstrip("/")
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    try:
+        response = httpx.request(method, base + path, headers=headers, json=body, timeout=timeout)
+    except httpx.TransportError as e:
+        reason = re.sub(r"^\[Errno -?\d+\] ", "", str(e)) or type(e).__name__
+        raise UnreachableError(f"cannot reach {base}: {reason}") from e
+    detail = _detail(response)
+    if response.status_code == 404 and detail:
+        raise NotFoundError(f"{base}: {detail}")
+    if response.status_code == 403 and detail:
+        raise AuthError(f"{base}: {detail}")
+    if response.status_code == 422:
+        raise UsageError(f"{base} refused the request: {detail}")
+    _check_status(response, base, path, token)
+    return response.json()
+
+
+def _detail(response: httpx.Response) -> str:
+    try:
+        detail = response.json().get("detail", "")
+    except ValueError:
+        return ""
+    return detail if isinstance(detail, str) else json.dumps(detail)
 
 
 def _download_file(http: httpx.Client, base: str, version: str, name: str, expected: str, out: Path,

@@ -101,6 +101,17 @@ class CheckpointConfig(Section):
     keep: int = Field(2, ge=1)
 
 
+class PublishGateConfig(Section):
+    """When ``latest`` may move to a new snapshot (streamd.service.publish_gate); failing ones stay candidates."""
+
+    enabled: bool = True
+    min_std_ratio: float = Field(0.05, ge=0, description="feature spread below this is a collapse")
+    min_effective_rank: float = Field(1.5, ge=1, description="effective rank below this is a dimensional collapse")
+    max_accuracy_drop: float = Field(0.10, ge=0, le=1, description="drop of the mean probe accuracy vs latest's "
+                                     "(labelled streams only; the probe sets are small, so leave room for noise)")
+    max_drift: float = Field(1.0, ge=0, le=1, description="largest task drift allowed; 1 = not checked")
+
+
 class SnapshotConfig(Section):
     dir: Path = Path("./var/snapshots")
     every_steps: int = Field(0, ge=0)
@@ -108,6 +119,7 @@ class SnapshotConfig(Section):
     keep_last: int = Field(5, ge=1)
     keep_task_end: int = Field(20, ge=0, description="task-end snapshots kept beyond keep_last, newest first; "
                                                      "0 keeps all")
+    gate: PublishGateConfig = PublishGateConfig()
 
 
 class ProbeConfig(Section):

@@ -86,7 +86,7 @@ def test_retention_keeps_last_n_and_every_task_end(tmp_path, learner):
     pub = SnapshotPublisher(tmp_path, keep_last=2)
     for reason in ["steps", "task_end", "steps", "interval", "task_end", "steps", "shutdown"]:
         publish(pub, learner, reason=reason)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["latest", "v000002", "v000005", "v000006", "v000007"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["aliases.log", "latest", "v000002", "v000005", "v000006", "v000007"]
     assert not list(tmp_path.glob(".tmp*"))
 
 
@@ -105,7 +105,7 @@ def test_failed_write_leaves_earlier_snapshots_intact_and_is_counted(tmp_path, l
     assert publish(pub, learner) is None
     assert metrics.registry.get_sample_value("streamd_snapshot_failures_total") == 1
     assert "snapshot publish failed" in caplog.text
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["latest", "v000001"]  # no partial folder left
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["aliases.log", "latest", "v000001"]  # no partial folder left
     verify(tmp_path / "v000001", read_manifest(tmp_path / "v000001"))
     assert pub.latest_version() == 1 and metrics.registry.get_sample_value("streamd_snapshot_version") == 1
 
@@ -164,7 +164,7 @@ def test_kernel_write_failure_is_survived(tmp_path, learner):
         resource.setrlimit(resource.RLIMIT_FSIZE, limits)
         signal.signal(signal.SIGXFSZ, handler)
     assert metrics.registry.get_sample_value("streamd_snapshot_failures_total") == 1
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["latest", "v000001"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["aliases.log", "latest", "v000001"]
     verify(tmp_path / "v000001", read_manifest(tmp_path / "v000001"))
     assert publish(pub, learner)["version"] == 2
 

@@ -3,8 +3,10 @@
 Both work on any batch of features, so unlabelled streams get them too:
 
 - ``std_ratio``: the per-dimension standard deviation of L2-normalised features, averaged and
-  scaled by sqrt(d). Features spread over the sphere give about 1; a collapse to one point (or a
-  few) drives it to 0 (the SimSiam paper's collapse monitor, made independent of d).
+  scaled by sqrt(d) (the SimSiam paper's collapse monitor, made independent of d). Zero-mean
+  features spread over the sphere give about 1; a ResNet's features are non-negative (after ReLU),
+  which lowers it: measured on digits, about 0.13 untrained and 0.5 after some SimSiam steps,
+  and about 0.02 once a destructive learning rate collapsed the encoder.
 - ``effective_rank``: exp of the entropy of the normalised singular values of the centred features
   (Roy and Vetterli, 2007): from 1 (everything on one line) to min(n, d).
 """

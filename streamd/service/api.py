@@ -3,8 +3,9 @@
 /metrics, /healthz and /readyz are always open (scrapers and the kubelet's probes send no credentials,
 and none of them reveals a secret); with a token
 set, every other path, the OpenAPI description included, needs ``Authorization: Bearer <token>``.
-Request paths reach the filesystem only after validation: the version must be ``vNNNNNN`` or
-``latest`` and name an existing snapshot, and a file name must be one the manifest lists.
+Request paths reach the filesystem only after validation: the version must be ``vNNNNNN`` or an
+alias and name an existing snapshot, and a file name must be one the manifest lists. Alias moves
+(POST) need the token to be set at all: an API without one serves read-only.
 """
 from __future__ import annotations
 
@@ -18,14 +19,21 @@ import uvicorn
 from fastapi import Depends, FastAPI, HTTPException, Path as PathParam, Request, Response
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.security import HTTPBearer
+from pydantic import BaseModel, Field
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from streamd.errors import LocalIOError
+from streamd.errors import LocalIOError, NotFoundError, UsageError
+from streamd.service import aliases
 from streamd.service.metrics import Metrics
 from streamd.service.snapshots import MANIFEST, list_versions, read_manifest, resolve_version, sha256_file
 
 OPEN_PATHS = {"/metrics", "/healthz", "/readyz"}
-VERSION_PARAM = PathParam(pattern=r"^(v\d{6}|latest)$", description="vNNNNNN or latest")
+VERSION_PARAM = PathParam(pattern=r"^(v\d{6}|[a-z][a-z0-9_-]{0,31})$", description="vNNNNNN or an alias (latest, ...)")
+ALIAS_PARAM = PathParam(pattern=r"^[a-z][a-z0-9_-]{0,31}$", description="an alias: latest, stable, ... (not vNNNNNN)")
+
+
+class Promotion(BaseModel):
+    version: str = Field(description="vNNNNNN, or another alias to copy")
 
 
 def build_app(snapshot_root: Path, metrics: Metrics, ready: Callable[[], bool], token: str | None = None) -> FastAPI:
@@ -103,6 +111,32 @@ def build_app(snapshot_root: Path, metrics: Metrics, ready: Callable[[], bool], 
 
     app.add_api_route("/v1/snapshots/{version}/files/{name}", file, methods=["HEAD"], include_in_schema=False,
                       dependencies=protected)
+
+    @app.get("/v1/aliases", summary="Every alias and the version it names", dependencies=protected)
+    def alias_list() -> dict:
+        return {"aliases": aliases.list_aliases(snapshot_root)}
+
+    def change(request: Request, move: Callable[[str], dict]) -> dict:
+        """Runs an alias move for an authenticated caller; the actor in the audit log is its address."""
+        if not token:
+            raise HTTPException(403, "alias changes need the API token set (api.token)")
+        try:
+            return move(f"api:{request.client.host if request.client else '?'}")
+        except NotFoundError as e:
+            raise HTTPException(404, str(e)) from e
+        except UsageError as e:
+            raise HTTPException(422, str(e)) from e
+
+    @app.post("/v1/aliases/{alias}", summary="Point an alias at a version (token required; audited)",
+              dependencies=protected)
+    def alias_promote(request: Request, body: Promotion, alias: str = ALIAS_PARAM) -> dict:
+        return change(request, lambda actor: aliases.promote(snapshot_root, alias, body.version, actor))
+
+    @app.post("/v1/aliases/{alias}/rollback", summary="Point an alias back where it was before its last move "
+              "(token required; audited)", dependencies=protected)
+    def alias_rollback(request: Request, alias: str = ALIAS_PARAM) -> dict:
+        return change(request, lambda actor: aliases.rollback(snapshot_root, alias, actor))
+
     return app
 
 

@@ -305,7 +305,8 @@ class Daemon:
             return
         manifest = self.publisher.publish(self.learner, reason=reason, task=max(self.learner.task, 0),
                                           segment=len(self.boundary.boundaries),
-                                          positions=self.cluster.positions(self.source.position_state()), probe=probe)
+                                          positions=self.cluster.positions(self.source.position_state()),
+                                          probe=probe or self._measure(force=True))   # the gate judges fresh figures
         self.last_snapshot, self.steps_at_snapshot = time.monotonic(), self.learner.step_count
         if manifest is not None:
             self.counters.snapshots += 1

@@ -85,6 +85,9 @@ class Metrics:
         self.checkpoint_last_timestamp = gauge("checkpoint_last_timestamp_seconds",
                                                "Unix time of the last durable checkpoint.")
         self.checkpoint_failures = counter("checkpoint_failures", "Checkpoint writes that failed.")
+        self.snapshot_gate_rejections = counter(
+            "snapshot_gate_rejections", "Snapshots the publish gate kept from becoming latest (published as "
+            "candidates: collapse, accuracy drop or drift; the manifest says which).")
         self.source_commit_failures = counter(
             "source_commit_failures", "Source commits (Kafka offsets) that failed after their retries; the "
             "checkpoint still holds the positions, but another group member would re-read those records.")
@@ -97,8 +100,8 @@ class Metrics:
                                           "1 - linear CKA between current and task-end features of a task's probe set.",
                                           ["task"])
         self.representation_std_ratio = gauge(
-            "representation_std_ratio", "Std of L2-normalised probe features x sqrt(dim): about 1 when spread "
-            "out, towards 0 when the representation collapses (needs no labels).")
+            "representation_std_ratio", "Std of L2-normalised probe features x sqrt(dim): ~0.1-0.5 for a "
+            "healthy ResNet, towards 0 when the representation collapses (needs no labels).")
         self.representation_effective_rank = gauge(
             "representation_effective_rank", "exp(entropy of the normalised singular values) of the probe features.")
         self.probe_history_rows_dropped = counter(

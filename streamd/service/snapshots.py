@@ -21,6 +21,7 @@ import shutil
 import time
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import safetensors
 import safetensors.torch
@@ -30,13 +31,20 @@ import torchvision
 import streamd
 from streamd import durable
 from streamd.learning.augment import MEAN, STD
+from streamd.service.alias_log import move_alias
 from streamd.service.metrics import Metrics
 from streamd.service.model_card import CARD, model_card
+
+if TYPE_CHECKING:
+    from streamd.service.publish_gate import PublishGate
 
 log = logging.getLogger(__name__)
 
 MODEL, CONFIG, MANIFEST, LATEST = "model.safetensors", "config.json", "manifest.json", "latest"
 VERSION_RE = re.compile(r"^v\d{6}$")
+# An alias is a pointer file in the snapshot root naming a version: ``latest`` (moved by the daemon
+# when a snapshot passes the publish gate) and any an operator sets (``stable``); streamd.service.aliases.
+ALIAS_RE = re.compile(r"^(?!v\d{6}$)[a-z][a-z0-9_-]{0,31}$")
 TMP_PREFIX = ".tmp-snapshot-"
 
 
@@ -53,13 +61,10 @@ def list_versions(root: Path) -> list[str]:
 
 
 def resolve_version(root: Path, version: str) -> str | None:
-    """``latest`` or ``vNNNNNN`` -> the name of an existing snapshot folder, or None. Anything else is
-    rejected here, so no request string is ever joined into a path unchecked."""
-    if version == LATEST:
-        try:
-            version = (root / LATEST).read_text().strip()
-        except FileNotFoundError:
-            return None
+    """An alias (``latest``, ``stable``, ...) or ``vNNNNNN`` -> the name of an existing snapshot folder,
+    or None. Anything else is rejected here, so no request string is ever joined into a path unchecked."""
+    if ALIAS_RE.match(version):
+        version = durable.read_pointer(root, version) or ""
     if not VERSION_RE.match(version) or not (root / version / MANIFEST).is_file():
         return None
     return version
@@ -95,8 +100,9 @@ def library_versions() -> dict:
 
 class SnapshotPublisher:
     def __init__(self, root: Path, keep_last: int = 5, keep_task_end: int = 20, metrics: Metrics | None = None,
-                 training: dict | None = None):
+                 training: dict | None = None, gate: PublishGate | None = None):
         self.root = Path(root)
+        self.gate = gate   # None: every snapshot becomes latest
         self.training = training or {}   # objective, strategy, source: for the model card
         self.keep_last = max(1, keep_last)
         self.keep_task_end = keep_task_end  # 0: every task-end snapshot is kept
@@ -122,10 +128,11 @@ class SnapshotPublisher:
             number = int(versions[-1][1:]) + 1 if versions else 1
             tmp = durable.temp_folder(self.root, TMP_PREFIX, mode=0o755)  # consumers run as other uids
             manifest = self._write(tmp, learner, number, versions, reason=reason, task=task, segment=segment,
-                                   positions=positions, probe=probe)
+                                   positions=positions, probe=probe, gate=self._judge(probe))
             durable.move_into_place(tmp, self.root / version_name(number))
             tmp = None
-            durable.write_pointer(self.root, LATEST, version_name(number))
+            if manifest["gate"]["passed"]:
+                move_alias(self.root, LATEST, version_name(number), "publish", "daemon")
         except OSError:
             log.exception("snapshot publish failed (reason=%s, task=%d); earlier snapshots are intact", reason, task)
             if self.metrics is not None:
@@ -135,12 +142,26 @@ class SnapshotPublisher:
             if tmp is not None:
                 shutil.rmtree(tmp, ignore_errors=True)
         self._prune()
+        if not manifest["gate"]["passed"]:
+            log.warning("snapshot %s published as a candidate only, latest stays %s: %s", version_name(number),
+                        resolve_version(self.root, LATEST), "; ".join(manifest["gate"]["failures"]))
+            if self.metrics is not None:
+                self.metrics.snapshot_gate_rejections.inc()
+            return manifest
         if self.metrics is not None:
             self.metrics.snapshot_version.set(number)
             self.metrics.snapshot_last_publish_timestamp.set(manifest["created_at_unix"])
         log.info("published snapshot %s (reason=%s, task=%d) in %.3f s", version_name(number), reason, task,
                  time.perf_counter() - started)
         return manifest
+
+    def _judge(self, probe: dict | None) -> dict:
+        """The gate's verdict against the probe of the version latest names now."""
+        if self.gate is None:
+            return {"passed": True, "failures": [], "checked": []}
+        latest = resolve_version(self.root, LATEST)
+        latest_probe = _manifest_field(self.root / latest, "probe") if latest else None
+        return self.gate.judge(probe, latest_probe)
 
     def _write(self, folder: Path, learner, number: int, versions: list[str], **fields) -> dict:
         encoder = learner.encoder
@@ -159,7 +180,8 @@ class SnapshotPublisher:
             "reason": fields["reason"], "task": fields["task"], "segment": fields["segment"],
             "step": learner.step_count,
             "frozen_blocks": {"count": k, "names": encoder.block_names[:k]},
-            "positions": fields["positions"], "probe": fields["probe"], "libraries": library_versions(),
+            "positions": fields["positions"], "probe": fields["probe"], "gate": fields["gate"],
+            "libraries": library_versions(),
         }
         manifest = json.loads(json.dumps(manifest, default=str))   # as readers will see it (string keys)
         blobs[CARD] = model_card(manifest, config, self.training).encode()
@@ -172,10 +194,11 @@ class SnapshotPublisher:
 
     def _prune(self) -> None:
         """Keeps the newest ``keep_last`` versions, the newest ``keep_task_end`` task-end snapshots (all
-        when 0) and the version ``latest`` names (an operator may pin an older one); clears temp folders."""
+        when 0) and every version an alias names (``latest``, or one an operator promoted); clears temp folders."""
         versions = list_versions(self.root)
-        task_ends = [name for name in versions if _reason(self.root / name) == "task_end"]
-        keep = set(versions[-self.keep_last:]) | {resolve_version(self.root, LATEST)}
+        task_ends = [name for name in versions if _manifest_field(self.root / name, "reason") == "task_end"]
+        aliased = {resolve_version(self.root, p.name) for p in self.root.iterdir() if ALIAS_RE.match(p.name)}
+        keep = set(versions[-self.keep_last:]) | aliased
         keep |= set(task_ends[-self.keep_task_end:] if self.keep_task_end else task_ends)
         pruned = [name for name in versions if name not in keep]
         for name in pruned:
@@ -187,8 +210,8 @@ class SnapshotPublisher:
         durable.clear_leftovers(self.root, TMP_PREFIX)
 
 
-def _reason(folder: Path) -> str | None:
+def _manifest_field(folder: Path, field: str):
     try:
-        return read_manifest(folder).get("reason")
+        return read_manifest(folder).get(field)
     except (OSError, ValueError):
         return None

@@ -19,6 +19,7 @@ from streamd.service.distributed import Cluster
 from streamd.learning.learner import Learner, build_learner
 from streamd.service.metrics import Metrics
 from streamd.service.probe import Prober
+from streamd.service.publish_gate import PublishGate
 from streamd.service.snapshots import SnapshotPublisher
 
 
@@ -75,8 +76,9 @@ def build_prober(cfg: StreamdConfig, metrics: Metrics) -> Prober:
 def build_publisher(cfg: StreamdConfig, metrics: Metrics) -> SnapshotPublisher:
     s = cfg.snapshots
     training = {"objective": cfg.model.objective, "strategy": cfg.strategy.name, "source": cfg.source.kind}
+    gate = PublishGate(**s.gate.model_dump(exclude={"enabled"})) if s.gate.enabled else None
     return SnapshotPublisher(s.dir, keep_last=s.keep_last, keep_task_end=s.keep_task_end, metrics=metrics,
-                             training=training)
+                             training=training, gate=gate)
 
 
 def build_source(cfg: StreamdConfig, metrics: Metrics | None = None) -> Source:
