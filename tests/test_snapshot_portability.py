@@ -66,3 +66,22 @@ def test_the_model_card_recipe_rebuilds_the_encoder_without_streamd(tmp_path, ar
     rebuilt = load_file(tmp_path / "features.safetensors")["features"]
     assert rebuilt.shape == trained.shape and torch.allclose(rebuilt, trained, atol=1e-5)
     assert type(load_encoder(folder)) is type(encoder.net)   # the client returns the same plain class
+
+
+def test_digits_linear_probe_compares_the_snapshot_with_a_random_encoder_of_its_architecture(tmp_path):
+    """An untrained snapshot built from the same seed as the random baseline scores exactly the same;
+    a snapshot whose weights moved does not (the demo prints this margin)."""
+    from streamd.bench._encoder_probe import digits_linear_probe
+    from streamd.learning.learner import build_learner
+
+    torch.manual_seed(0)
+    untrained = build_learner("resnet_tiny", 16, device="cpu")
+    pub = SnapshotPublisher(tmp_path)
+    pub.publish(untrained, reason="steps", task=0, segment=0, positions={})
+    same = digits_linear_probe(tmp_path, "v000001", seed=0)
+    assert same["trained"] == same["random_init"] and same["margin_over_random"] == 0.0
+    assert 0.5 < same["raw_pixels"] <= 1.0
+    pub.publish(tiny_learner("resnet_tiny", 16), reason="steps", task=0, segment=0, positions={})
+    moved = digits_linear_probe(tmp_path, "latest", seed=0)
+    assert moved["snapshot"] == "v000002" and moved["trained"] != moved["random_init"]
+    assert moved["random_init"] == same["random_init"] and moved["raw_pixels"] == same["raw_pixels"]

@@ -321,9 +321,9 @@ class Daemon:
         if lag is not None:
             self.metrics.consumer_lag.set(lag)
         c = self.counters
-        log.info("records %d (dead-lettered %d) | steps %d | %.1f img/s | loss %.4f | task %d | lag %s",
+        log.info("records %d (dead-lettered %d) | steps %d | %.1f img/s | loss %.4f | task %d | lag %s | %s",
                  c.records_seen, sum(c.dead_lettered.values()), self.learner.step_count, rate, self.last_loss,
-                 self.learner.task, "?" if lag is None else lag)
+                 self.learner.task, "?" if lag is None else lag, self.prober.headline())
 
     # Start and stop ---------------------------------------------------------------------------
     def _restore(self) -> None:

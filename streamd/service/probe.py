@@ -53,6 +53,7 @@ class Prober:
         self.best: dict[int, float] = {}
         self.matrix: dict[int, dict[int, float]] = {}  # current task -> {task: accuracy}, latest measure
         self.last_step = 0
+        self.last_result: dict | None = None
         self.rng = torch.Generator().manual_seed(seed)
 
     # Held-out sample --------------------------------------------------------------------------------
@@ -122,7 +123,20 @@ class Prober:
         result = {"step": step, "task": current, "accuracy": accuracy, "forgetting": forgetting,
                   "forgetting_mean": forgetting_mean, "drift": drift, "health": health or {}}
         self._export(result, training or {})
+        self.last_result = result
         return result
+
+    def headline(self) -> str:
+        """The last measurement in a few words, for the daemon's progress line."""
+        r = self.last_result
+        if r is None:
+            return "probe -"
+        words = []
+        if r["accuracy"]:
+            words.append(f"acc {sum(r['accuracy'].values()) / len(r['accuracy']):.3f} fgt {r['forgetting_mean']:.3f}")
+        if r["health"]:
+            words.append(f"spread {r['health']['std_ratio']:.2f}")
+        return "probe " + (" ".join(words) or "-")
 
     def _export(self, result: dict, training: dict[str, float]) -> None:
         rows = [(GLOBAL, "forgetting_mean", result["forgetting_mean"])]
