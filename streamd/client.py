@@ -12,6 +12,7 @@ import json
 import os
 import re
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,6 +21,7 @@ import httpx
 import safetensors.torch
 from torch import nn
 
+from streamd.pull_cache import PullCache, default_cache_dir
 from streamd.models.encoders import EncoderSpec, build_encoder, module_from_architecture
 from streamd.errors import (AuthError, IntegrityError, LocalIOError, NotFoundError, UnreachableError, UsageError,
                             os_error_text)
@@ -27,6 +29,8 @@ from streamd.service.snapshots import (ALIAS_RE, CONFIG, LATEST, MANIFEST, MODEL
                                resolve_version, sha256_file)
 
 TOKEN_ENV = "STREAMD_API__TOKEN"
+ATTEMPTS, BACKOFF_SECONDS = 4, 0.5
+RETRY_STATUS = {429, 502, 503, 504}   # a busy or restarting server: worth another try
 FILE_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")  # a plain name: no folders, no '..', no hidden files
 
 
@@ -89,13 +93,15 @@ def local_manifest(folder: Path) -> dict:
 
 
 def pull(source: str | Path, version: str = LATEST, out_dir: str | Path = "snapshot",
-         token: str | None = None, timeout: float = 60.0) -> Path:
-    """Copies one verified snapshot (the three files) into ``out_dir`` and returns it."""
+         token: str | None = None, timeout: float = 60.0, cache_dir: Path | None | bool = True) -> Path:
+    """Copies one verified snapshot into ``out_dir`` and returns it. From a URL, files already in the
+    pull cache are not downloaded again (``cache_dir``: True = the default folder, a path, or False)."""
     if not VERSION_RE.match(version) and not ALIAS_RE.match(version):
         raise UsageError(f"a snapshot version is vNNNNNN or an alias such as {LATEST}, not {version!r}")
     out = Path(out_dir)
     if _is_url(source):
-        _download(str(source).rstrip("/"), version, out, token or os.environ.get(TOKEN_ENV), timeout)
+        cache = PullCache(default_cache_dir() if cache_dir is True else cache_dir) if cache_dir else None
+        _download(str(source).rstrip("/"), version, out, token or os.environ.get(TOKEN_ENV), timeout, cache)
     else:
         folder = local_snapshot(source, version)
         manifest = local_manifest(folder)
@@ -116,27 +122,61 @@ def _writing_into(out: Path) -> Iterator[None]:
         raise LocalIOError(f"cannot write the snapshot into {out}: {os_error_text(e)}") from e
 
 
-def _download(base: str, version: str, out: Path, token: str | None, timeout: float) -> None:
+def _download(base: str, version: str, out: Path, token: str | None, timeout: float,
+              cache: PullCache | None) -> None:
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     try:
         with httpx.Client(base_url=base, headers=headers, timeout=timeout) as http:
-            response = http.get(f"/v1/snapshots/{version}")
-            _check_status(response, base, version, token)
-            try:
-                manifest = response.json()
-            except ValueError:
-                raise SnapshotIntegrityError(f"{base} answered {response.url.path} with no JSON manifest") from None
+            manifest = _fetch_manifest(http, base, version, token, cache)
             check_manifest(manifest, base)  # its names become local paths and URLs below
             concrete = manifest["name"]  # pin the files to the version the manifest came from
             with _writing_into(out):
                 for name, expected in manifest["files"].items():
+                    if cache is not None and cache.copy_out(expected, out / name):
+                        continue
                     _download_file(http, base, concrete, name, expected, out, token)
+                    if cache is not None:
+                        cache.keep(expected, out / name)
                 (out / MANIFEST).write_text(json.dumps(manifest, indent=2))
-    except httpx.TransportError as e:  # refused, DNS, timeout, connection dropped
+    except httpx.TransportError as e:  # refused, DNS, timeout, connection dropped (after the retries)
         reason = re.sub(r"^\[Errno -?\d+\] ", "", str(e)) or type(e).__name__
         raise UnreachableError(f"cannot reach {base}: {reason}") from e
     except httpx.InvalidURL as e:
         raise UsageError(f"invalid server URL {base}: {e}") from e
+
+
+def _attempts() -> Iterator[bool]:
+    """Yields once per attempt whether it is the last, sleeping 0.5 s, 1 s, 2 s... before each retry."""
+    for attempt in range(ATTEMPTS):
+        if attempt:
+            time.sleep(BACKOFF_SECONDS * 2 ** (attempt - 1))
+        yield attempt == ATTEMPTS - 1
+
+
+def _fetch_manifest(http: httpx.Client, base: str, version: str, token: str | None, cache: PullCache | None) -> dict:
+    """The manifest, by a conditional request when a cached copy has an ETag (304: nothing is sent)."""
+    url = f"{base}/v1/snapshots/{version}"
+    cached = cache.manifest(url) if cache is not None else None
+    conditional = {"If-None-Match": cached[0]} if cached else {}
+    for last in _attempts():
+        try:
+            response = http.get(f"/v1/snapshots/{version}", headers=conditional)
+        except httpx.TransportError:
+            if last:
+                raise
+            continue
+        if response.status_code not in RETRY_STATUS or last:
+            break
+    if response.status_code == 304 and cached:
+        return cached[1]
+    _check_status(response, base, version, token)
+    try:
+        manifest = response.json()
+    except ValueError:
+        raise SnapshotIntegrityError(f"{base} answered {response.url.path} with no JSON manifest") from None
+    if cache is not None and response.headers.get("etag"):
+        cache.keep_manifest(url, response.headers["etag"], manifest)
+    return manifest
 
 
 def call_api(base: str, method: str, path: str, token: str | None, timeout: float = 60.0,
@@ -170,16 +210,25 @@ def _detail(response: httpx.Response) -> str:
 
 def _download_file(http: httpx.Client, base: str, version: str, name: str, expected: str, out: Path,
                    token: str | None) -> None:
-    """One file through a hidden ``.partial`` name, renamed into place only once its sha256 matches."""
-    digest = hashlib.sha256()
+    """One file through a hidden ``.partial`` name, renamed into place only once its sha256 matches;
+    a dropped connection or a busy server (429, 502-504) is retried from the start with backoff."""
     partial = out / f".{name}.partial"
     try:
-        with http.stream("GET", f"/v1/snapshots/{version}/files/{name}") as stream:
-            _check_status(stream, base, version, token)
-            with open(partial, "wb") as f:
-                for chunk in stream.iter_bytes():
-                    digest.update(chunk)
-                    f.write(chunk)
+        for last in _attempts():
+            digest = hashlib.sha256()
+            try:
+                with http.stream("GET", f"/v1/snapshots/{version}/files/{name}") as stream:
+                    if stream.status_code in RETRY_STATUS and not last:
+                        continue
+                    _check_status(stream, base, version, token)
+                    with open(partial, "wb") as f:
+                        for chunk in stream.iter_bytes():
+                            digest.update(chunk)
+                            f.write(chunk)
+                break
+            except httpx.TransportError:
+                if last:
+                    raise
         if digest.hexdigest() != expected:
             raise SnapshotIntegrityError(f"sha256 mismatch for {name} downloaded from {base} ({version}): "
                                          f"manifest says {expected}, got {digest.hexdigest()}")

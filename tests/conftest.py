@@ -35,3 +35,11 @@ def kafka_broker(tmp_path_factory):
 def kafka_topic(kafka_broker):
     """A new single-partition topic on the session broker."""
     return create_topic(kafka_broker)
+
+
+@pytest.fixture(autouse=True)
+def own_pull_cache(tmp_path, monkeypatch):
+    """Each test pulls through a cache of its own (child processes inherit it): a file another test
+    cached must never stand in for one this test expects to download."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg-cache"))
+    monkeypatch.delenv("STREAMD_CACHE_DIR", raising=False)

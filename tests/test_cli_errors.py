@@ -140,7 +140,7 @@ def test_pull_into_an_output_that_cannot_be_written_exits_7(servers, snapshots, 
 
 
 def test_pull_with_a_malformed_version_exits_2(snapshots, tmp_path):
-    assert_fails(streamd("pull", snapshots, "--version", "7", "--out", tmp_path / "out"), 2, "vNNNNNN or latest")
+    assert_fails(streamd("pull", snapshots, "--version", "7", "--out", tmp_path / "out"), 2, "vNNNNNN or an alias such as latest")
 
 
 # run and config show ------------------------------------------------------------------------------

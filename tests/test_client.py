@@ -1,5 +1,6 @@
 import json
 import pickle
+import time
 
 import pytest
 import torch
@@ -8,7 +9,8 @@ from torchvision.models import ResNet, VisionTransformer
 from publishing_fixtures import encoder_output, images, tiny_learner
 from streamd.service.api import ApiServer
 from streamd.cli import main as streamd_main
-from streamd.client import SnapshotIntegrityError, load_encoder, pull
+from streamd.client import SnapshotIntegrityError, load_encoder, pull, verify
+from streamd.errors import UnreachableError
 from streamd.service.metrics import Metrics
 from streamd.service.snapshots import SnapshotPublisher
 
@@ -113,3 +115,74 @@ def test_pull_command_from_http_and_folder(server, learner, tmp_path):
         assert torch.equal(load_encoder(out)(learner.preprocess(x)), encoder_output(learner, x))
     again = pull(out, out_dir=tmp_path / "copy")  # a snapshot folder is also a source
     assert (again / "manifest.json").read_text() == (out / "manifest.json").read_text()
+
+
+def counting_server(root, failures: int = 0):
+    """An API over ``root`` that records each request's path and status, and answers the first
+    ``failures`` requests 503 (a restarting server)."""
+    from starlette.responses import Response as StarletteResponse
+
+    seen: list[tuple[str, int]] = []
+    api = ApiServer("127.0.0.1", 0, root, Metrics(), ready=lambda: True, token=None)
+
+    @api.app.middleware("http")
+    async def record(request, call_next):
+        if len(seen) < failures:
+            seen.append((request.url.path, 503))
+            return StarletteResponse(status_code=503)
+        response = await call_next(request)
+        seen.append((request.url.path, response.status_code))
+        return response
+
+    return api, seen
+
+
+def test_a_repeated_pull_downloads_nothing_and_a_changed_latest_only_its_new_files(tmp_path):
+    root = tmp_path / "snapshots"
+    pub = SnapshotPublisher(root)
+    learner = tiny_learner()
+    pub.publish(learner, reason="steps", task=0, segment=0, positions={})
+    api, seen = counting_server(root)
+    api.start()
+    try:
+        url, cache = f"http://127.0.0.1:{api.port}", tmp_path / "cache"
+        pull(url, "latest", tmp_path / "a", cache_dir=cache)
+        files = {p for p, code in seen if "/files/" in p and code == 200}
+        assert len(files) == 3   # model, config, card
+        seen.clear()
+        pull(url, "latest", tmp_path / "b", cache_dir=cache)
+        assert seen == [("/v1/snapshots/latest", 304)]          # one conditional request, no file
+        verify(tmp_path / "b", json.loads((tmp_path / "b" / "manifest.json").read_text()))
+        pub.publish(learner, reason="steps", task=1, segment=1, positions={})   # same weights, new card
+        seen.clear()
+        pull(url, "latest", tmp_path / "c", cache_dir=cache)
+        assert [p for p, _ in seen] == ["/v1/snapshots/latest", "/v1/snapshots/v000002/files/README.md"]
+        for blob in (cache / "blobs").rglob("*"):
+            if blob.is_file():
+                blob.write_bytes(b"rotted")                           # a cache that went bad is not trusted
+        seen.clear()
+        pull(url, "v000002", tmp_path / "d", cache_dir=cache)
+        assert len([p for p, code in seen if "/files/" in p and code == 200]) == 3
+    finally:
+        api.stop()
+
+
+def test_pull_retries_a_busy_server_with_backoff(tmp_path):
+    root = tmp_path / "snapshots"
+    SnapshotPublisher(root).publish(tiny_learner(), reason="steps", task=0, segment=0, positions={})
+    api, seen = counting_server(root, failures=2)
+    api.start()
+    try:
+        started = time.monotonic()
+        pull(f"http://127.0.0.1:{api.port}", "latest", tmp_path / "out", cache_dir=False)
+        assert [code for _, code in seen][:3] == [503, 503, 200] and time.monotonic() - started >= 1.5   # 0.5 + 1 s
+    finally:
+        api.stop()
+    api, seen = counting_server(root, failures=10)
+    api.start()
+    try:
+        with pytest.raises(UnreachableError, match="503"):
+            pull(f"http://127.0.0.1:{api.port}", "latest", tmp_path / "never", cache_dir=False)
+        assert len(seen) == 4   # ATTEMPTS, then a clear error
+    finally:
+        api.stop()

@@ -90,8 +90,13 @@ def build_app(snapshot_root: Path, metrics: Metrics, ready: Callable[[], bool], 
         return {"latest": resolve_version(snapshot_root, "latest"), "snapshots": items}
 
     @app.get("/v1/snapshots/{version}", summary="The manifest of one snapshot", dependencies=protected)
-    def snapshot_manifest(version: str = VERSION_PARAM) -> dict:
-        return snapshot(version)[1]
+    def snapshot_manifest(request: Request, version: str = VERSION_PARAM) -> Response:
+        """ETag = sha256 of manifest.json: a client polling ``latest`` gets 304 while it has not moved."""
+        folder, manifest = snapshot(version)
+        etag = f'"{sha256_file(folder / MANIFEST)}"'
+        if _not_modified(request, etag):
+            return Response(status_code=304, headers={"ETag": etag})
+        return JSONResponse(manifest, headers={"ETag": etag})
 
     @app.get("/v1/snapshots/{version}/files/{name}", dependencies=protected,
              summary="Download a snapshot file (ETag = sha256; If-None-Match, Range and HEAD supported)")
@@ -105,7 +110,7 @@ def build_app(snapshot_root: Path, metrics: Metrics, ready: Callable[[], bool], 
         else:
             raise HTTPException(404, f"{folder.name} has no file {name!r}")
         etag = f'"{digest}"'
-        if etag in [t.strip() for t in request.headers.get("if-none-match", "").split(",")]:
+        if _not_modified(request, etag):
             return Response(status_code=304, headers={"ETag": etag})
         return FileResponse(folder / name, headers={"ETag": etag}, filename=name)
 
@@ -138,6 +143,10 @@ def build_app(snapshot_root: Path, metrics: Metrics, ready: Callable[[], bool], 
         return change(request, lambda actor: aliases.rollback(snapshot_root, alias, actor))
 
     return app
+
+
+def _not_modified(request: Request, etag: str) -> bool:
+    return etag in [t.strip() for t in request.headers.get("if-none-match", "").split(",")]
 
 
 class ApiServer:
