@@ -13,11 +13,13 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[test,bench]'
 	touch $(STAMP)
 
-# promtool/prometheus and docker-compose come from Debian; tests use the real tools.
+# promtool/prometheus, amtool and docker-compose come from Debian; tests use the real tools.
 system-deps:
-	@command -v promtool >/dev/null && command -v prometheus >/dev/null && command -v docker-compose >/dev/null || { \
+	@command -v promtool >/dev/null && command -v prometheus >/dev/null && command -v amtool >/dev/null \
+	  && command -v docker-compose >/dev/null || { \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends prometheus docker-compose; }
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends \
+	    prometheus prometheus-alertmanager docker-compose; }
 
 run: $(STAMP)
 	$(VENV)/bin/streamd demo

@@ -74,3 +74,30 @@ def test_grafana_provisioning_points_at_the_dashboard_and_datasource():
     assert used == {"prometheus"} <= uids
     provider = yaml.safe_load((GRAFANA / "provisioning" / "dashboards" / "streamd.yml").read_text())["providers"][0]
     assert provider["options"]["path"] == "/var/lib/grafana/dashboards"  # where deploy/compose.yaml mounts them
+
+
+ALERTMANAGER = PROM.parent / "alertmanager" / "alertmanager.yml"
+
+
+def amtool(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["amtool", *args], capture_output=True, text=True, timeout=60)
+
+
+def test_alertmanager_config_is_valid_and_pages_for_criticals_only():
+    check = amtool("check-config", str(ALERTMANAGER))
+    assert check.returncode == 0 and "SUCCESS" in check.stdout, check.stdout + check.stderr
+    severities = {r["labels"]["severity"] for g in yaml.safe_load((PROM / "alerts.yml").read_text())["groups"]
+                  for r in g["rules"]}
+    assert severities == {"critical", "warning"}
+    routed = {s: amtool("config", "routes", "test", f"--config.file={ALERTMANAGER}", f"severity={s}",
+                        "alertname=StreamdCheckpointFailing").stdout.strip() for s in severities}
+    assert routed == {"critical": "streamd-oncall", "warning": "streamd-warnings"}
+
+
+def test_prometheus_sends_alerts_to_the_compose_alertmanager():
+    targets = [t for am in yaml.safe_load((PROM / "prometheus.yml").read_text())["alerting"]["alertmanagers"]
+               for sc in am["static_configs"] for t in sc["targets"]]
+    compose = yaml.safe_load((PROM.parent / "compose.yaml").read_text())["services"]["alertmanager"]
+    mounted = {m.split(":")[0]: m.split(":")[1] for m in compose["volumes"]}
+    assert targets == ["alertmanager:9093"] and "9093:9093" in compose["ports"]
+    assert mounted["./alertmanager/alertmanager.yml"] in compose["command"][0]
