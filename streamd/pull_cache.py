@@ -16,19 +16,13 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from streamd.service.snapshots import sha256_file
+
 
 def default_cache_dir() -> Path:
     if os.environ.get("STREAMD_CACHE_DIR"):
         return Path(os.environ["STREAMD_CACHE_DIR"])
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "streamd"
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 class PullCache:
@@ -43,7 +37,7 @@ class PullCache:
         blob = self._blob(sha256)
         if not blob.is_file():
             return False
-        if _sha256(blob) != sha256:
+        if sha256_file(blob) != sha256:
             blob.unlink(missing_ok=True)
             return False
         shutil.copyfile(blob, dest)
