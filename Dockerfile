@@ -5,7 +5,7 @@
 # bookworm base where no registry can be reached. The CUDA runtime comes with torch==2.14.1 from PyPI
 # (its Linux wheels depend on the nvidia-* / cuda-toolkit 13 wheels), so the image runs on GPUs through
 # the NVIDIA container toolkit (host driver only) and falls back to the CPU elsewhere. Every dependency
-# is pinned by deploy/constraints.txt; test and bench extras are not installed.
+# is pinned by deploy/constraints.txt; the image holds the client and the daemon extra, no test or bench extras.
 # Configuration: STREAMD_* environment variables and/or a TOML mounted at /etc/streamd/streamd.toml
 # and passed with `--config` (see docs/deploy.md). Everything the daemon writes defaults under
 # STREAMD_STATE_DIR, the one volume; the root filesystem may be read-only.
@@ -32,7 +32,7 @@ WORKDIR /opt/streamd
 # Dependencies first (a layer that survives source edits), then the package itself without them.
 COPY deploy/constraints.txt pyproject.toml ./
 RUN python3 -m venv "$VIRTUAL_ENV" \
-    && python -c 'import tomllib; print("\n".join(tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"]))' > requirements.txt \
+    && python -c 'import tomllib; p = tomllib.load(open("pyproject.toml", "rb"))["project"]; print("\n".join(p["dependencies"] + p["optional-dependencies"]["daemon"]))' > requirements.txt \
     && pip install --constraint constraints.txt --requirement requirements.txt
 
 COPY README.md ./src/

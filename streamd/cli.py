@@ -9,7 +9,7 @@ import pkgutil
 import sys
 
 import streamd.commands
-from streamd.errors import EXIT_CODES, UserFacingError
+from streamd.errors import EXIT_CODES, UsageError, UserFacingError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -19,8 +19,25 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="exit codes:\n" + "\n".join(f"  {code}  {meaning}" for code, meaning in EXIT_CODES))
     sub = parser.add_subparsers(dest="command", required=True)
     for mod in sorted(pkgutil.iter_modules(streamd.commands.__path__), key=lambda m: m.name):
-        importlib.import_module(f"streamd.commands.{mod.name}").register(sub)
+        try:
+            importlib.import_module(f"streamd.commands.{mod.name}").register(sub)
+        except ModuleNotFoundError as e:
+            if (e.name or "streamd").split(".")[0] == "streamd":
+                raise   # a bug in streamd itself, not a missing optional install
+            _needs_extra(sub, mod.name, e.name)
     return parser
+
+
+def _needs_extra(sub, command: str, missing: str) -> None:
+    """A client-only install (``pip install streamd``) lacks the daemon's dependencies: the command
+    stays listed and says what to install instead of breaking the whole CLI."""
+    def refuse(args) -> int:
+        raise UsageError(f"streamd {command} needs the daemon's dependencies ({missing} is not installed): "
+                         "pip install 'streamd[daemon]'")
+
+    p = sub.add_parser(command, help=f"(needs streamd[daemon]: {missing} is not installed)", add_help=False)
+    p.add_argument("args", nargs=argparse.REMAINDER)
+    p.set_defaults(func=refuse)
 
 
 def main(argv: list[str] | None = None) -> int:

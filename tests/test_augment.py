@@ -4,7 +4,8 @@ from __future__ import annotations
 import torch
 
 from cl_fixtures import IMAGE_SIZE, images
-from streamd.learning.augment import Preprocess, TwoViewAugment
+from streamd.learning.augment import TwoViewAugment
+from streamd.learning.preprocess import Preprocess
 
 
 def test_identical_images_in_one_batch_get_different_views():

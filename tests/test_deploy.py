@@ -82,16 +82,18 @@ def test_dockerfile_runs_the_daemon_as_non_root_with_state_volumes_and_healthche
 
 
 def test_dockerfile_installs_the_pyproject_dependencies_under_a_complete_constraints_file():
-    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
-    pins = {d.split("==")[0]: d for d in pyproject["project"]["dependencies"] if "==" in d}
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    runtime = project["dependencies"] + project["optional-dependencies"]["daemon"]
+    pins = {d.split("==")[0]: d for d in runtime if "==" in d}
     runs = " ".join(v for k, v in dockerfile_instructions() if k == "RUN")
-    assert '["project"]["dependencies"]' in runs and "--constraint constraints.txt --requirement" in runs
+    assert 'p["dependencies"] + p["optional-dependencies"]["daemon"]' in runs
+    assert "--constraint constraints.txt --requirement" in runs
     assert "[test" not in runs and "[bench" not in runs   # the runtime image has no test or bench extras
     constraints = {ln.split("==")[0]: ln for ln in (DEPLOY / "constraints.txt").read_text().splitlines()
                    if "==" in ln}
     for name, pin in pins.items():
         assert constraints.get(name) == pin
-    for dep in pyproject["project"]["dependencies"]:
+    for dep in runtime:
         name = re.split(r"[<>=~!\[ ]", dep, maxsplit=1)[0].lower().replace("_", "-")
         assert name in constraints, f"{name} has no pinned version in deploy/constraints.txt"
 

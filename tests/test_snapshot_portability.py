@@ -13,7 +13,7 @@ from publishing_fixtures import tiny_learner
 from safetensors.torch import load_file, save_file
 
 from streamd.client import load_encoder
-from streamd.learning.augment import Preprocess
+from streamd.learning.preprocess import Preprocess
 from streamd.service.snapshots import SnapshotPublisher
 
 NO_STREAMD = '''import sys

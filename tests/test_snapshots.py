@@ -11,7 +11,7 @@ import safetensors.torch
 
 from streamd import durable
 from publishing_fixtures import tiny_learner
-from streamd.learning.augment import MEAN, STD
+from streamd.learning.preprocess import MEAN, STD
 from streamd.client import verify
 from streamd.config import CheckpointConfig
 from streamd.learning.learner import build_learner

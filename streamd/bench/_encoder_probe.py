@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from streamd.client import load_encoder
-from streamd.learning.augment import Preprocess
+from streamd.learning.preprocess import Preprocess
 from streamd.learning.data import load_dataset, to_rgb
 from streamd.learning.evaluation import linear_probe_accuracy
 from streamd.models.encoders import module_from_architecture

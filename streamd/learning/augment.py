@@ -9,8 +9,7 @@ import kornia.augmentation as K
 import torch
 from torch import nn
 
-MEAN = (0.5, 0.5, 0.5)
-STD = (0.5, 0.5, 0.5)
+from streamd.learning.preprocess import MEAN, STD
 
 
 class TwoViewAugment(nn.Module):
@@ -39,16 +38,3 @@ class TwoViewAugment(nn.Module):
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = images.float().div_(255)
         return self.pipeline(x), self.pipeline(x)
-
-
-class Preprocess(nn.Module):
-    """Evaluation path: uint8 -> normalized float, no randomness (also what snapshots record)."""
-
-    def __init__(self, mean=MEAN, std=STD):
-        super().__init__()
-        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1), persistent=False)
-
-    @torch.no_grad()
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return (images.float().div(255) - self.mean) / self.std

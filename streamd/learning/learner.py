@@ -14,7 +14,8 @@ from torch import nn
 
 from streamd.models.encoders import EncoderSpec, build_encoder
 from streamd.models.objectives import Objective, ObjectiveOutput, build_objective
-from streamd.learning.augment import Preprocess, TwoViewAugment
+from streamd.learning.augment import TwoViewAugment
+from streamd.learning.preprocess import Preprocess
 from streamd.learning.optim import OptimConfig, build_optimizer, build_scheduler
 from streamd.learning.plugins import Plugin, TaskMasks, build_plugins
 from streamd.learning.plugins.context import Batch, PluginContext

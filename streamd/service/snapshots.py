@@ -30,12 +30,12 @@ import torchvision
 
 import streamd
 from streamd import durable
-from streamd.learning.augment import MEAN, STD
+from streamd.learning.preprocess import MEAN, STD
 from streamd.service.alias_log import move_alias
-from streamd.service.metrics import Metrics
 from streamd.service.model_card import CARD, model_card
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:   # the pull client imports this module without the daemon's dependencies
+    from streamd.service.metrics import Metrics
     from streamd.service.publish_gate import PublishGate
 
 log = logging.getLogger(__name__)
