@@ -251,11 +251,11 @@ def _check_status(response: httpx.Response, base: str, version: str, token: str 
 def build_module(folder: Path) -> nn.Module:
     """The plain torchvision module of a verified snapshot folder, weights loaded strictly, eval mode.
 
-    From config.json's ``architecture``; snapshots published before it existed are rebuilt from
+    From config.json's ``module``; snapshots published before it existed are rebuilt from
     their encoder spec."""
     config = json.loads((folder / CONFIG).read_text())
-    if "architecture" in config:
-        net = module_from_architecture(config["architecture"])
+    if "module" in config:
+        net = module_from_architecture(config["module"])
     else:
         net = build_encoder(EncoderSpec(config["arch"], config["image_size"], config["in_channels"],
                                         config["kwargs"])).net

@@ -3,11 +3,13 @@ streamd cannot be imported, rebuilds a plain torchvision module from config.json
 and computes the same features as the encoder that was trained."""
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
 
 import pytest
+import timm
 import torch
 from publishing_fixtures import tiny_learner
 from safetensors.torch import load_file, save_file
@@ -85,3 +87,22 @@ def test_digits_linear_probe_compares_the_snapshot_with_a_random_encoder_of_its_
     moved = digits_linear_probe(tmp_path, "latest", seed=0)
     assert moved["snapshot"] == "v000002" and moved["trained"] != moved["random_init"]
     assert moved["random_init"] == same["random_init"] and moved["raw_pixels"] == same["raw_pixels"]
+
+
+def test_a_standard_resnet_snapshot_loads_into_timm_as_its_config_says(tmp_path):
+    """config.json carries timm's Hub fields for ResNets with torchvision's own stem; timm builds the
+    model from them and takes model.safetensors (local file, no network) with identical features."""
+    learner = tiny_learner("resnet18", 72)
+    manifest = SnapshotPublisher(tmp_path).publish(learner, reason="steps", task=0, segment=0, positions={})
+    folder = tmp_path / manifest["name"]
+    config = json.loads((folder / "config.json").read_text())
+    assert (config["architecture"], config["num_classes"], config["num_features"]) == ("resnet18", 0, 512)
+    model = timm.create_model(config["architecture"], pretrained=True, num_classes=config["num_classes"],
+                              pretrained_cfg_overlay={"file": str(folder / "model.safetensors"), "num_classes": 0})
+    images = torch.randint(0, 256, (4, 3, 72, 72), dtype=torch.uint8)
+    with torch.no_grad():
+        trained = learner.encoder.eval()(Preprocess()(images))
+        assert torch.allclose(model.eval()(Preprocess()(images)), trained, atol=1e-5)
+    small = SnapshotPublisher(tmp_path / "small").publish(tiny_learner("resnet18", 32), reason="steps", task=0,
+                                                          segment=0, positions={})
+    assert "architecture" not in json.loads((tmp_path / "small" / small["name"] / "config.json").read_text())

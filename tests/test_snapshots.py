@@ -52,7 +52,7 @@ def test_snapshot_folder_holds_encoder_config_and_manifest(tmp_path, learner):
     assert {"torch", "torchvision", "safetensors", "streamd", "python"} <= set(manifest["libraries"])
     config = json.loads((folder / "config.json").read_text())
     assert (config["arch"], config["image_size"], config["in_channels"]) == ("resnet_tiny", 16, 3)
-    assert config["architecture"] == {"family": "resnet", "block": "BasicBlock", "layers": [1, 1, 1, 1], "width": 16,
+    assert config["module"] == {"family": "resnet", "block": "BasicBlock", "layers": [1, 1, 1, 1], "width": 16,
                                       "stem": {"in_channels": 3, "kernel_size": 3, "stride": 1, "padding": 1,
                                                "maxpool": False}, "fc": "identity"}
     card = (folder / "README.md").read_text()

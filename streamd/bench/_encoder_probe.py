@@ -41,7 +41,7 @@ def digits_linear_probe(snapshot_root: Path, version: str = LATEST, seed: int = 
         return linear_probe_accuracy(feats[train], labels[train], feats[test], labels[test])
 
     torch.manual_seed(seed)
-    random_net = module_from_architecture(config["architecture"])
+    random_net = module_from_architecture(config["module"])
     result = {"snapshot": folder.name, "trained": probe(_features(load_encoder(folder), x)),
               "random_init": probe(_features(random_net, x)), "raw_pixels": probe(x.flatten(1).float() / 255)}
     result["margin_over_random"] = result["trained"] - result["random_init"]

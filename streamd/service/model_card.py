@@ -12,7 +12,7 @@ import json
 CARD = "README.md"
 
 _RESNET = '''\
-def build(a):  # config.json["architecture"], family "resnet"
+def build(a):  # config.json["module"], family "resnet"
     block = getattr(resnet, a["block"])
     net = resnet.ResNet(block, a["layers"])
     width, stem = a["width"], a["stem"]
@@ -29,7 +29,7 @@ def build(a):  # config.json["architecture"], family "resnet"
 '''
 
 _VIT = '''\
-def build(a):  # config.json["architecture"], family "vit"
+def build(a):  # config.json["module"], family "vit"
     net = VisionTransformer(**{k: v for k, v in a.items() if k not in ("family", "in_channels", "heads")})
     if a["in_channels"] != 3:
         net.conv_proj = nn.Conv2d(a["in_channels"], a["hidden_dim"], a["patch_size"], a["patch_size"])
@@ -39,7 +39,7 @@ def build(a):  # config.json["architecture"], family "vit"
 
 _LOAD = '''\
 config = json.loads((snapshot / "config.json").read_text())
-encoder = build(config["architecture"])
+encoder = build(config["module"])
 encoder.load_state_dict(load_file(snapshot / "model.safetensors"), strict=True)
 encoder.eval()
 pre = config["preprocessing"]
@@ -60,6 +60,14 @@ def load_recipe(architecture: dict) -> str:
                   "from torchvision.models.vision_transformer import VisionTransformer\n"))
     build = _RESNET if architecture["family"] == "resnet" else _VIT
     return f"{imports}\n\n{build}\n\n{_LOAD}"
+
+
+def _timm_line(config: dict) -> str:
+    """For a ResNet with torchvision's own stem, config.json has timm's Hub fields too."""
+    if "architecture" not in config:
+        return ""
+    return (f"With timm: `timm.create_model(\"{config['architecture']}\", pretrained=True, num_classes=0, "
+            f"pretrained_cfg_overlay={{\"file\": \"model.safetensors\", \"num_classes\": 0}})`.\n\n")
 
 
 def _figure(value) -> str:
@@ -102,8 +110,8 @@ from streamd.client import load_encoder
 encoder = load_encoder("http://HOST:9400", version="{manifest['name']}", token=...)
 ```
 
-With torch and torchvision only (`snapshot` is this folder as a `pathlib.Path`):
+{_timm_line(config)}With torch and torchvision only (`snapshot` is this folder as a `pathlib.Path`):
 
 ```python
-{load_recipe(config['architecture'])}```
+{load_recipe(config['module'])}```
 """

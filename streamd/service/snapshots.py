@@ -83,14 +83,29 @@ def sha256_file(path: Path) -> str:
 
 
 # Writing -------------------------------------------------------------------------------------------
+TIMM_RESNETS = ("resnet18", "resnet50")   # same parameter names in timm; its default stem and width
+
+
 def encoder_config(encoder) -> dict:
-    """config.json: enough to rebuild the plain torchvision module and feed it correctly."""
+    """config.json: enough to rebuild the plain torchvision module (``module``) and feed it correctly.
+
+    A ResNet with torchvision's own stem is also described the way timm's Hugging Face Hub loader
+    reads it (``architecture``, ``num_classes``, ``pretrained_cfg``): ``timm.create_model(arch,
+    num_classes=0)`` then loads model.safetensors strictly."""
     spec = encoder.spec
-    return {
+    preprocessing = {"image_size": spec.image_size, "scale": "uint8 / 255", "mean": list(MEAN), "std": list(STD)}
+    config = {
         "arch": spec.arch, "image_size": spec.image_size, "in_channels": spec.in_channels, "kwargs": dict(spec.kwargs),
-        "feature_dim": encoder.feature_dim, "format": "torchvision", "architecture": encoder.architecture,
-        "preprocessing": {"image_size": spec.image_size, "scale": "uint8 / 255", "mean": list(MEAN), "std": list(STD)},
+        "feature_dim": encoder.feature_dim, "format": "torchvision", "module": encoder.architecture,
+        "preprocessing": preprocessing,
     }
+    stem = encoder.architecture.get("stem", {})
+    if spec.arch in TIMM_RESNETS and (stem.get("in_channels"), stem.get("kernel_size"), stem.get("maxpool")) == (3, 7, True):
+        config.update({"architecture": spec.arch, "num_classes": 0, "num_features": encoder.feature_dim,
+                       "pretrained_cfg": {"input_size": [3, spec.image_size, spec.image_size], "mean": list(MEAN),
+                                          "std": list(STD), "num_classes": 0, "classifier": "fc",
+                                          "interpolation": "bilinear"}})
+    return config
 
 
 def library_versions() -> dict:
