@@ -29,10 +29,11 @@ def info_nce(q: torch.Tensor, k: torch.Tensor, temperature: float = 0.2) -> torc
 
 
 def barlow_twins(z1: torch.Tensor, z2: torch.Tensor, lambd: float = 0.0051, scale: float = 0.1) -> torch.Tensor:
-    """Cross-correlation of standardized embeddings pushed to the identity."""
+    """Cross-correlation of standardized embeddings pushed to the identity. Standardized as the paper's
+    BatchNorm1d(affine=False) does (biased variance, eps inside the root), so that the diagonal of the
+    correlation of a view with itself is exactly 1."""
     n = z1.shape[0]
-    z1 = (z1 - z1.mean(0)) / (z1.std(0) + 1e-5)
-    z2 = (z2 - z2.mean(0)) / (z2.std(0) + 1e-5)
+    z1, z2 = (F.batch_norm(z, None, None, training=True, eps=1e-5) for z in (z1, z2))
     c = z1.T @ z2 / n
     on_diag = (torch.diagonal(c) - 1).pow(2).sum()
     off_diag = (c - torch.diag_embed(torch.diagonal(c))).pow(2).sum()
@@ -42,7 +43,7 @@ def barlow_twins(z1: torch.Tensor, z2: torch.Tensor, lambd: float = 0.0051, scal
 def vicreg(z1: torch.Tensor, z2: torch.Tensor, sim_w: float = 25.0, var_w: float = 25.0, cov_w: float = 1.0) -> torch.Tensor:
     """Invariance (MSE) + variance hinge + covariance decorrelation."""
     inv = F.mse_loss(z1, z2)
-    var = sum(F.relu(1 - torch.sqrt(z.var(0) + 1e-4)).mean() for z in (z1, z2))
+    var = sum(F.relu(1 - torch.sqrt(z.var(0) + 1e-4)).mean() for z in (z1, z2)) / 2   # the mean of the views' hinges
     cov = 0.0
     n, d = z1.shape
     for z in (z1, z2):
